@@ -1,0 +1,238 @@
+"""The assembler: arbitrary chunks of bytes in, whole messages out (sans-io).
+
+The rules, in one place (the kernel's strparser, ``net/strparser/strparser.c``):
+
+1. The parser is asked for the length of the next message with a view that
+   starts at that message.  While it answers ``0`` (need more), it is asked
+   again whenever more bytes arrive; once it gives a length it is not asked
+   again until the next message starts.
+2. An answer that is not an ``int`` (``bool`` included), is negative, is
+   shorter than the parser's ``header_size``, or ends inside the bytes the
+   parser already said were too few, is impossible: ``EPROTO``
+   (``bad_hdr_len``).  A parser that raises :class:`BadMessage` rejects the
+   header: ``EBADMSG``.  Any other exception from the parser is ``EPROTO``.
+3. A length above ``max_message_size`` is refused before anything is allocated
+   for it: ``EMSGSIZE`` (``msg_too_big``).  So is a message whose header is
+   still incomplete after ``max_message_size`` bytes (a delimiter that never
+   comes).
+4. Bytes past the end of a message start the next one.
+5. A message whose length is known is gathered as a list of chunks and joined
+   once, so a large message costs linear time however it is chunked.
+
+After an error the assembler is finished: the stream it served has failed.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Final
+
+from ._errors import BadMessage
+from ._parsers import Parser
+
+__all__ = ["Assembler", "AssemblyError"]
+
+
+class AssemblyError(Exception):
+    """Internal: the byte stream cannot be split into messages any more.
+
+    Carries what the stream's failure needs: the errno, the complete messages
+    parsed before the error (they are still delivered) and the discarded bytes.
+    """
+
+    def __init__(self, errno: int, message: str, *, messages: list[bytes], partial: bytes) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.messages = messages
+        self.partial = partial
+
+
+class Assembler:
+    """Turns chunks of a byte stream into whole messages, with no I/O.
+
+    Args:
+      parser: What delineates messages.
+      max_message_size: The largest message accepted, in bytes.
+
+    The counters are public attributes, read by the stream's statistics:
+    ``msgs``, ``bytes`` (message bytes assembled), ``need_more_hdr``,
+    ``bad_hdr_len``, ``msg_too_big``.
+    """
+
+    __slots__ = (
+        "_body",
+        "_have",
+        "_head",
+        "_max",
+        "_min",
+        "_need",
+        "_parse",
+        "_watermark",
+        "bad_hdr_len",
+        "bytes",
+        "msg_too_big",
+        "msgs",
+        "need_more_hdr",
+    )
+
+    def __init__(self, parser: Parser, max_message_size: int) -> None:
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1")
+        self._parse: Final = parser.message_length
+        header_size = getattr(parser, "header_size", 1)
+        if not isinstance(header_size, int) or header_size < 1:
+            header_size = 1
+        self._min = header_size
+        self._max = max_message_size
+        # Bytes of a message whose length is not known yet; starts at the message.
+        self._head = bytearray()
+        # Chunks of a message whose length (_need) is known; _have bytes so far.
+        self._body: list[bytes | bytearray] = []
+        self._have = 0
+        self._need = 0
+        # The longest prefix of the current message the parser said was too short.
+        self._watermark = 0
+        self.msgs = 0
+        self.bytes = 0
+        self.need_more_hdr = 0
+        self.bad_hdr_len = 0
+        self.msg_too_big = 0
+
+    @property
+    def partial_size(self) -> int:
+        """Bytes received of a message that is not complete yet."""
+        return len(self._head) + self._have
+
+    def take_partial(self) -> bytes:
+        """Remove and return the bytes of the incomplete message."""
+        if self._need:
+            data = b"".join(self._body)
+            self._body = []
+            self._have = self._need = 0
+        else:
+            data = bytes(self._head)
+            self._head = bytearray()
+        self._watermark = 0
+        return data
+
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
+        """Add ``data``; return the messages it completes, in order.
+
+        Raises:
+          AssemblyError: The stream cannot be split any more (see the rules at
+            the top of this module); the assembler must not be used again.
+
+        """
+        out: list[bytes] = []
+        if self._need:
+            room = self._need - self._have
+            if len(data) < room:
+                self._body.append(data)
+                self._have += len(data)
+                return out
+            self._body.append(data[:room])
+            message = b"".join(self._body)
+            self._body = []
+            self._have = self._need = 0
+            out.append(message)
+            self.msgs += 1
+            self.bytes += len(message)
+            if len(data) == room:
+                return out
+            data = data[room:]
+        if self._head:
+            self._head += data
+            self._split(self._head, out)
+        else:
+            self._split(data, out)
+        return out
+
+    def _split(self, buf: bytes | bytearray, out: list[bytes]) -> None:
+        parse = self._parse
+        n = len(buf)
+        pos = 0
+        view = memoryview(buf)
+        is_bytes = type(buf) is bytes
+        try:
+            while pos < n:
+                avail = n - pos
+                try:
+                    length = parse(view[pos:] if pos else view)
+                except BadMessage as exc:
+                    raise self._error(
+                        _errno.EBADMSG, f"parser rejected the header: {exc}", out, view, pos
+                    ) from exc
+                except Exception as exc:
+                    raise self._error(
+                        _errno.EPROTO, f"parser raised {type(exc).__name__}: {exc}", out, view, pos
+                    ) from exc
+                if type(length) is not int:
+                    self.bad_hdr_len += 1
+                    raise self._error(
+                        _errno.EPROTO, f"parser returned {length!r}, not an int", out, view, pos
+                    )
+                if length == 0:
+                    self.need_more_hdr += 1
+                    if avail >= self._max:
+                        self.msg_too_big += 1
+                        raise self._error(
+                            _errno.EMSGSIZE,
+                            f"no complete header in {avail} bytes (max_message_size={self._max})",
+                            out,
+                            view,
+                            pos,
+                        )
+                    self._watermark = avail
+                    break
+                if length < self._min or length <= self._watermark:
+                    self.bad_hdr_len += 1
+                    raise self._error(
+                        _errno.EPROTO,
+                        f"parser returned an impossible length {length} (after"
+                        f" {self._watermark} bytes were not enough; the header is at least"
+                        f" {self._min} bytes)",
+                        out,
+                        view,
+                        pos,
+                    )
+                if length > self._max:
+                    self.msg_too_big += 1
+                    raise self._error(
+                        _errno.EMSGSIZE,
+                        f"message of {length} bytes announced (max_message_size={self._max})",
+                        out,
+                        view,
+                        pos,
+                    )
+                self._watermark = 0
+                end = pos + length
+                if end > n:
+                    # Known length, not all here: gather the rest chunk by chunk.
+                    self._need = length
+                    self._have = avail
+                    self._body = [bytes(view[pos:])]
+                    pos = n
+                    break
+                out.append(buf[pos:end] if is_bytes else bytes(view[pos:end]))  # type: ignore[arg-type]
+                self.msgs += 1
+                self.bytes += length
+                pos = end
+        finally:
+            view.release()
+        if pos == n:
+            if self._head:
+                self._head = bytearray()
+        elif buf is self._head:
+            del self._head[:pos]
+        else:
+            self._head = bytearray(buf[pos:]) if pos else bytearray(buf)
+
+    def _error(
+        self, errno: int, message: str, out: list[bytes], view: memoryview, pos: int
+    ) -> AssemblyError:
+        # Errors happen only while a header is parsed, never while a body is gathered.
+        partial = bytes(view[pos:])
+        self._head = bytearray()
+        self._body = []
+        self._have = self._need = 0
+        return AssemblyError(errno, message, messages=out, partial=partial)

@@ -1,0 +1,1203 @@
+"""The mux: where tasks, cancel scopes, streams, sockets and policies meet.
+
+Who owns what (see also ``docs/design.md``):
+
+* ``open_mux`` owns a nursery.  Each attached stream gets one task there,
+  running inside the stream's own cancel scope, with two children: a *reader*
+  (``receive_some`` -> assembler -> rx policy -> socket queues) and a *writer*
+  (the stream's queue of transmit groups -> one ``send_all`` per batch of
+  queued groups).  Nothing else runs in the nursery.
+* The scheduling is synchronous and lives here: senders call it from their own
+  task when a message is accepted (pick a stream, queue the group, wake the
+  writer), readers call it for each read (pick a socket per message, queue it,
+  wake a receiver).  No message hops through a task of its own.
+* A message is accepted into its socket's send buffer, then queued on exactly
+  one stream, then written by that stream's writer in one ``send_all``.  Only
+  the writer writes, so two messages never interleave; a message leaves a
+  stream's queue only whole (written) or, if the stream fails, together with
+  its write's other messages as "in doubt".  User cancellation reaches only
+  senders that are still waiting for buffer space, i.e. messages that were
+  never accepted.
+* A stream that fails (``_fail``) leaves the candidate sets at once; its
+  unwritten messages go back to their sockets' queues and are picked for
+  again, its complete-but-undelivered messages go to the mux's hold queue, and
+  a ``StreamError`` waits in ``_errors`` for a monitor.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import logging
+import math
+import sys
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import final
+
+import outcome
+import trio
+import trio_util
+
+from ._assembler import AssemblyError
+from ._errors import BadMessage, StreamError
+from ._parsers import Parser, ParserLike, as_parser
+from ._policy import Policy, resolve_policy
+from ._socket import KCMSocket, SocketType, _Batch
+from ._stats import MuxStatistics, StreamState
+from ._stream import AttachedStream, TxGroup
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["Mux", "open_mux"]
+
+logger = logging.getLogger("trio_kcm")
+logger.addHandler(logging.NullHandler())
+
+#: Bytes asked of a stream per read.
+READ_SIZE = 65536
+#: The writer joins queued groups into one write up to about this many bytes.
+WRITE_COALESCE = 256 * 1024
+
+_ACTIVE = StreamState.ACTIVE
+_FAILED = StreamState.FAILED
+
+# Streams attached to any mux in this process, by id (a stream is in at most
+# one mux, as a TCP socket is in the kernel: EALREADY).
+_attached_ids: set[int] = set()
+
+
+class _SendWaiter:
+    __slots__ = ("batch", "messages", "nbytes")
+
+    def __init__(self, messages: list[bytes], nbytes: int, batch: _Batch | None) -> None:
+        self.messages = messages
+        self.nbytes = nbytes
+        self.batch = batch
+
+
+def _lowest_free(used: set[int]) -> int:
+    i = 0
+    while i in used:
+        i += 1
+    used.add(i)
+    return i
+
+
+async def _reraise(exc: BaseException) -> None:
+    raise exc
+
+
+@final
+class Mux:
+    """A connection multiplexor: M attached streams, N KCM sockets.
+
+    Made by :func:`open_mux`, never directly.  Streams are attached with
+    :meth:`attach`, message endpoints opened with :meth:`socket`, failures
+    watched with :meth:`errors`.
+    """
+
+    def __init__(
+        self,
+        *,
+        parser: Parser,
+        rx_policy: Policy,
+        tx_policy: Policy,
+        socket_type: SocketType,
+        max_message_size: int,
+        assembly_timeout: float | None,
+        receive_buffer_size: int,
+        send_buffer_size: int,
+        auto_close: bool,
+        retry_in_doubt: bool,
+        close_timeout: float,
+        validate: bool,
+    ) -> None:
+        self._parser = parser
+        self._min_length = getattr(parser, "header_size", 1)
+        if not isinstance(self._min_length, int) or self._min_length < 1:
+            self._min_length = 1
+        self._rx_policy = rx_policy
+        self._tx_policy = tx_policy
+        self._socket_type = socket_type
+        self._max_message_size = max_message_size
+        self._assembly_timeout = assembly_timeout
+        self._receive_buffer_size = receive_buffer_size
+        self._send_buffer_size = send_buffer_size
+        self._auto_close = auto_close
+        self._retry_in_doubt = retry_in_doubt
+        self._close_timeout = close_timeout
+        self._validate = validate
+        self._nursery: trio.Nursery | None = None
+        self._graceful = False  # closing after a normal exit: streams close gracefully
+        self._closed = False  # no new sockets, sends or attaches
+        self._finished = False  # all tasks are done
+        self._sockets: dict[KCMSocket, None] = {}
+        self._socket_indices: set[int] = set()
+        self._streams: dict[AttachedStream, None] = {}
+        self._stream_indices: set[int] = set()
+        # receive
+        self._rx_candidates = 0
+        self._rx_space = trio_util.RepeatedEvent()
+        self._paused_readers = 0
+        self._hold: deque[tuple[bytes, AttachedStream | None]] = deque()
+        # transmit
+        self._tx_candidates = 0
+        self._tx_waiting: OrderedDict[KCMSocket, None] = OrderedDict()
+        self._tx_outstanding = 0  # bytes accepted and not written (or given up)
+        self._tx_progress: trio.Event | None = None
+        # errors
+        self._errors: deque[StreamError] = deque()
+        self._error_lot = trio.lowlevel.ParkingLot()
+        # counters
+        self._rx_msgs = 0
+        self._rx_bytes = 0
+        self._tx_msgs = 0
+        self._tx_bytes = 0
+        self._tx_retries = 0
+        self._rx_ready_drops = 0
+        self._tx_dropped = 0
+        self._psock_attach = 0
+        self._psock_unattach = 0
+        self._stream_errors = 0
+
+    # ------------------------------------------------------------------------
+    # public API
+
+    @property
+    def parser(self) -> Parser:
+        """The mux's parser (streams may override it at attach)."""
+        return self._parser
+
+    @property
+    def socket_type(self) -> SocketType:
+        """The type of this mux's sockets."""
+        return self._socket_type
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message, in bytes, sent or received."""
+        return self._max_message_size
+
+    @property
+    def rx_policy(self) -> Policy:
+        """The policy that picks a socket for each received message."""
+        return self._rx_policy
+
+    @property
+    def tx_policy(self) -> Policy:
+        """The policy that picks a stream for each transmit group."""
+        return self._tx_policy
+
+    @property
+    def sockets(self) -> tuple[KCMSocket, ...]:
+        """The open KCM sockets."""
+        return tuple(self._sockets)
+
+    @property
+    def streams(self) -> tuple[AttachedStream, ...]:
+        """The attached streams: active ones, and failed ones not unattached yet."""
+        return tuple(self._streams)
+
+    def socket(
+        self, *, receive_buffer_size: int | None = None, send_buffer_size: int | None = None
+    ) -> KCMSocket:
+        """Open a new KCM socket on this mux.
+
+        Args:
+          receive_buffer_size: Bytes of received messages it may queue; the
+            mux's ``receive_buffer_size`` by default.
+          send_buffer_size: Bytes of accepted, unwritten messages it may hold;
+            the mux's ``send_buffer_size`` by default.
+
+        Raises:
+          trio.ClosedResourceError: The mux is closed.
+          ValueError: A size is below 1.
+
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the mux is closed")
+        rbs = self._receive_buffer_size if receive_buffer_size is None else receive_buffer_size
+        sbs = self._send_buffer_size if send_buffer_size is None else send_buffer_size
+        if rbs < 1 or sbs < 1:
+            raise ValueError("buffer sizes must be >= 1")
+        sock = KCMSocket(self, _lowest_free(self._socket_indices), rbs, sbs)
+        self._sockets[sock] = None
+        try:
+            self._add_rx_candidate(sock)
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+        return sock
+
+    def attach(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        parser: ParserLike | None = None,
+        max_message_size: int | None = None,
+        assembly_timeout: float | None = None,
+    ) -> AttachedStream:
+        """Attach ``stream`` to the mux (the kernel's ``SIOCKCMATTACH``).
+
+        From now on the mux owns the stream: a reader task splits what it
+        receives into messages for the sockets, a writer task writes the
+        messages the transmit policy gives it.  The stream must sit at a
+        message boundary (any handshake done).  It is offered for transmit at
+        once, and bytes it already buffered are parsed.
+
+        Args:
+          stream: Any :class:`trio.abc.Stream`: a TCP or Unix
+            :class:`trio.SocketStream`, a :class:`trio.SSLStream`, an
+            in-memory stream.
+          parser: This stream's parser; the mux's by default.  (Outgoing
+            messages are always checked with the mux's parser.)
+          max_message_size: For this stream's incoming messages; the mux's by
+            default.
+          assembly_timeout: Seconds for this stream's incoming messages; the
+            mux's by default.
+
+        Returns:
+          The stream's handle.
+
+        Raises:
+          trio.ClosedResourceError: The mux is closed.
+          ValueError: The stream is already attached to a mux.
+
+        """
+        if self._closed or self._nursery is None:
+            raise trio.ClosedResourceError("the mux is closed")
+        if id(stream) in _attached_ids:
+            raise ValueError(f"{stream!r} is already attached to a mux")
+        p = self._parser if parser is None else as_parser(parser)
+        mms = self._max_message_size if max_message_size is None else max_message_size
+        timeout = self._assembly_timeout if assembly_timeout is None else assembly_timeout
+        _check_timeout(timeout, "assembly_timeout")
+        handle = AttachedStream(self, stream, p, _lowest_free(self._stream_indices), mms, timeout)
+        _attached_ids.add(id(stream))
+        self._streams[handle] = None
+        self._psock_attach += 1
+        self._nursery.start_soon(self._run_stream, handle)
+        try:
+            handle._tx_candidate = True
+            self._tx_candidates += 1
+            self._tx_policy.stream_added(handle)
+            self._dispatch_waiting()
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+        logger.info("attached %r", handle)
+        return handle
+
+    async def unattach(self, handle: AttachedStream) -> trio.abc.Stream:
+        """Detach a stream and hand it back, open (the kernel's ``SIOCKCMUNATTACH``).
+
+        For an active stream: it stops being picked for new messages, messages
+        queued for it and not started go to other streams, its reader stops,
+        and a write in progress is allowed to finish -- this waits for it.
+        Complete messages it had read are still delivered; bytes of a message
+        that had not fully arrived are put in :attr:`AttachedStream.unread_data`.
+        The handle's state becomes ``"unattached"``.
+
+        For a failed stream (it stays ``"failed"``): it waits for the stream's
+        tasks to end and hands it back -- already closed if the mux closed it
+        (``auto_close=True``).
+
+        If this is cancelled while a write is in progress, the stream is failed
+        (``EPIPE``; the write's messages are in doubt) and the cancellation
+        propagates.
+
+        Raises:
+          ValueError: ``handle`` is not attached to this mux (any more).
+          trio.BusyResourceError: Another task is unattaching it.
+
+        """
+        if handle._mux is not self:
+            raise ValueError(f"{handle!r} is not attached to this mux")
+        if handle._state is StreamState.UNATTACHED:
+            raise ValueError(f"{handle!r} was already unattached")
+        if handle._state is _ACTIVE:
+            if handle._unattaching:
+                raise trio.BusyResourceError(f"{handle!r} is already being unattached")
+            handle._unattaching = True
+            try:
+                self._remove_tx_candidate(handle)
+                self._requeue_tx(self._take_pending(handle))
+            except BaseException as exc:
+                self._crash(exc)
+                raise
+            handle._reader_scope.cancel()
+            handle._writer_lot.unpark_all()
+            try:
+                await handle._done.wait()
+            except trio.Cancelled:
+                self._fail(handle, _errno.EPIPE, "unattach was cancelled during a write")
+                raise
+            if handle._state is _ACTIVE:
+                handle._state = StreamState.UNATTACHED
+                handle._unread = handle._assembler.take_partial()
+                try:
+                    self._hold_messages(handle)
+                except BaseException as exc:
+                    self._crash(exc)
+                    raise
+                self._release_stream(handle)
+                logger.info("unattached %r", handle)
+                return handle._stream
+        await handle._done.wait()
+        self._release_stream(handle)
+        return handle._stream
+
+    def errors(self) -> AsyncIterator[StreamError]:
+        """Iterate over stream failures: the monitoring task's feed.
+
+        Each :class:`StreamError` is taken once: with several monitors, each
+        error goes to one of them.  Errors wait in the mux until taken (at most
+        one per stream), so a monitor that starts late sees every one.
+        Iteration ends when the mux has closed and every error was taken.  The
+        iterator needs no closing.
+
+        Example::
+
+            async for err in mux.errors():
+                log.warning("stream %s failed: %s", err.stream.index, err)
+                # with auto_close=False: await mux.unattach(err.stream) and close it
+
+        """
+        return _ErrorFeed(self)
+
+    def statistics(self) -> MuxStatistics:
+        """Return a snapshot of the mux's counters."""
+        return MuxStatistics(
+            rx_msgs=self._rx_msgs,
+            rx_bytes=self._rx_bytes,
+            tx_msgs=self._tx_msgs,
+            tx_bytes=self._tx_bytes,
+            tx_retries=self._tx_retries,
+            rx_ready_drops=self._rx_ready_drops,
+            tx_dropped=self._tx_dropped,
+            psock_attach=self._psock_attach,
+            psock_unattach=self._psock_unattach,
+            streams=len(self._streams),
+            sockets=len(self._sockets),
+            stream_errors=self._stream_errors,
+        )
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<trio_kcm.Mux{state} sockets={len(self._sockets)} streams={len(self._streams)}>"
+
+    # ------------------------------------------------------------------------
+    # policy bugs: raised where they happen, and out of open_mux
+
+    def _crash(self, exc: BaseException) -> None:
+        """A policy raised in a user's task: make it propagate out of open_mux too."""
+        if isinstance(exc, (trio.Cancelled, KeyboardInterrupt, trio.ClosedResourceError)):
+            return
+        if self._nursery is not None and not self._finished:
+            try:
+                self._nursery.start_soon(_reraise, exc)
+            except RuntimeError:  # pragma: no cover - the nursery is closing
+                pass
+
+    # ------------------------------------------------------------------------
+    # transmit: accepting
+
+    def _prepare(self, message: bytes) -> bytes:
+        if type(message) is not bytes:
+            if isinstance(message, str):
+                raise TypeError("messages are bytes, not str")
+            message = bytes(message)
+        n = len(message)
+        if n > self._max_message_size:
+            raise OSError(
+                _errno.EMSGSIZE,
+                f"message of {n} bytes is larger than max_message_size={self._max_message_size}",
+            )
+        if not n:
+            raise ValueError("KCM cannot send an empty message")
+        if self._validate:
+            self._check_outgoing(message)
+        return message
+
+    def _prepare_many(self, messages: Iterable[bytes]) -> tuple[list[bytes], int]:
+        if isinstance(messages, (bytes, bytearray, memoryview, str)):
+            raise TypeError("send_many takes an iterable of messages, not one message")
+        prepared = [self._prepare(m) for m in messages]
+        return prepared, sum(map(len, prepared))
+
+    def _check_outgoing(self, message: bytes) -> None:
+        """Refuse a message that is not a sequence of complete messages."""
+        parse = self._parser.message_length
+        n = len(message)
+        view = memoryview(message)
+        pos = 0
+        try:
+            while pos < n:
+                try:
+                    length = parse(view[pos:] if pos else view)
+                except BadMessage:
+                    raise
+                except Exception as exc:
+                    raise BadMessage(f"the parser raised {type(exc).__name__}: {exc}") from exc
+                if type(length) is not int or length < self._min_length:
+                    if length == 0:
+                        raise BadMessage(
+                            f"incomplete message: the parser needs more than the {n - pos} bytes"
+                            f" at offset {pos}"
+                        )
+                    raise BadMessage(f"the parser returned an impossible length {length!r}")
+                if pos + length > n:
+                    raise BadMessage(
+                        f"incomplete message: the header at offset {pos} announces {length} bytes,"
+                        f" {n - pos} are there"
+                    )
+                pos += length
+        finally:
+            view.release()
+
+    def _try_send(self, sock: KCMSocket, messages: list[bytes], nbytes: int) -> bool:
+        """Accept a group now if the buffer allows; False if the sender must wait."""
+        if sock._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        batch = sock._batches.get(trio.lowlevel.current_task()) if sock._batches else None
+        try:
+            if sock._tx_waiters or sock._tx_queued_bytes >= sock._tx_limit:
+                if batch is None or not batch.messages:
+                    return False
+                # Flush what the batch gathered before waiting for memory.
+                self._flush_batch(sock, batch)
+                if sock._tx_waiters or sock._tx_queued_bytes >= sock._tx_limit:
+                    return False
+            self._accept(sock, messages, nbytes, batch)
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+        return True
+
+    async def _wait_send(self, sock: KCMSocket, messages: list[bytes], nbytes: int) -> None:
+        batch = sock._batches.get(trio.lowlevel.current_task()) if sock._batches else None
+        task = trio.lowlevel.current_task()
+        sock._tx_waiters[task] = _SendWaiter(messages, nbytes, batch)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            # Not accepted yet: withdrawing is leaving the line.
+            sock._tx_waiters.pop(task, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _accept(
+        self, sock: KCMSocket, messages: list[bytes], nbytes: int, batch: _Batch | None
+    ) -> None:
+        n = len(messages)
+        sock._tx_queued_bytes += nbytes
+        sock._tx_queued_msgs += n
+        sock._tx_msgs += n
+        sock._tx_bytes += nbytes
+        self._tx_outstanding += nbytes
+        if batch is not None:
+            batch.messages.extend(messages)
+            batch.nbytes += nbytes
+        else:
+            self._dispatch(sock, TxGroup(sock, messages, nbytes))
+
+    def _flush_batch(self, sock: KCMSocket, batch: _Batch) -> None:
+        if batch.messages:
+            group = TxGroup(sock, batch.messages, batch.nbytes)
+            batch.messages = []
+            batch.nbytes = 0
+            try:
+                self._dispatch(sock, group)
+            except BaseException as exc:
+                self._crash(exc)
+                raise
+
+    def _wake_senders(self, sock: KCMSocket) -> None:
+        """Hand freed send-buffer space to waiting senders, first come first served."""
+        waiters = sock._tx_waiters
+        while waiters and sock._tx_queued_bytes < sock._tx_limit:
+            task, waiter = waiters.popitem(last=False)
+            self._accept(sock, waiter.messages, waiter.nbytes, waiter.batch)
+            trio.lowlevel.reschedule(task)
+
+    # ------------------------------------------------------------------------
+    # transmit: scheduling
+
+    def _dispatch(self, sock: KCMSocket, group: TxGroup) -> None:
+        if sock._tx_queue or not self._tx_candidates:
+            # Keep the socket's order: behind what already waits for a stream.
+            sock._tx_queue.append(group)
+            self._tx_waiting[sock] = None
+            if self._tx_candidates:
+                self._drain_tx_queue(sock)
+            return
+        stream = self._tx_policy.pick_stream(sock, group.messages, group.nbytes)
+        if stream is None:
+            sock._tx_queue.append(group)
+            self._tx_waiting[sock] = None
+            return
+        self._assign(stream, group)
+
+    def _assign(self, stream: AttachedStream, group: TxGroup) -> None:
+        if not stream._tx_candidate:
+            raise RuntimeError(
+                f"policy {self._tx_policy!r} picked {stream!r}, which is not a transmit candidate"
+            )
+        group.picked_at = trio.current_time()
+        stream._tx_pending.append(group)
+        stream._tx_queued_bytes += group.nbytes
+        stream._tx_queued_msgs += len(group.messages)
+        owners = stream._owners
+        sock = group.sock
+        count = owners.get(sock, 0)
+        if not count:
+            stream._reserved += 1
+        owners[sock] = count + 1
+        if stream._writer_lot:
+            stream._writer_lot.unpark()
+
+    def _drain_tx_queue(self, sock: KCMSocket) -> bool:
+        """Dispatch a socket's waiting groups in order; True if none is left."""
+        queue = sock._tx_queue
+        pick = self._tx_policy.pick_stream
+        while queue:
+            group = queue[0]
+            stream = pick(sock, group.messages, group.nbytes)
+            if stream is None:
+                return False
+            queue.popleft()
+            self._assign(stream, group)
+        self._tx_waiting.pop(sock, None)
+        return True
+
+    def _dispatch_waiting(self) -> None:
+        if self._tx_candidates:
+            for sock in list(self._tx_waiting):
+                self._drain_tx_queue(sock)
+
+    def _take_pending(self, stream: AttachedStream) -> list[TxGroup]:
+        """Remove the groups queued on a stream that are not being written."""
+        groups = list(stream._tx_pending)
+        stream._tx_pending.clear()
+        for group in groups:
+            stream._tx_queued_bytes -= group.nbytes
+            stream._tx_queued_msgs -= len(group.messages)
+        return groups
+
+    def _requeue_tx(self, groups: list[TxGroup]) -> None:
+        """Put groups back at the head of their sockets' queues and pick again."""
+        if not groups:
+            return
+        for group in reversed(groups):
+            group.sock._tx_queue.appendleft(group)
+            self._tx_waiting[group.sock] = None
+            self._tx_retries += len(group.messages)
+        self._dispatch_waiting()
+
+    def _remove_tx_candidate(self, stream: AttachedStream) -> None:
+        if stream._tx_candidate:
+            stream._tx_candidate = False
+            self._tx_candidates -= 1
+            stream._unreserved += len(stream._owners)
+            stream._owners.clear()
+            self._tx_policy.stream_removed(stream)
+            if self._tx_progress is not None:
+                self._tx_progress.set()
+
+    def _give_up_tx(self, groups: list[TxGroup]) -> None:
+        """Messages that will not be sent: free their buffer space."""
+        for group in groups:
+            sock = group.sock
+            sock._tx_queued_bytes -= group.nbytes
+            sock._tx_queued_msgs -= len(group.messages)
+            self._tx_outstanding -= group.nbytes
+            if sock._tx_waiters:
+                self._wake_senders(sock)
+
+    # ------------------------------------------------------------------------
+    # transmit: the writer task
+
+    async def _writer(self, stream: AttachedStream) -> None:
+        pending = stream._tx_pending
+        transport = stream._stream
+        while True:
+            if not pending:
+                if stream._unattaching:
+                    return
+                await stream._writer_lot.park()
+                continue
+            group = pending.popleft()
+            groups = [group]
+            size = group.nbytes
+            while pending and size < WRITE_COALESCE:
+                group = pending.popleft()
+                groups.append(group)
+                size += group.nbytes
+            if len(groups) == 1 and len(groups[0].messages) == 1:
+                data = groups[0].messages[0]
+            else:
+                data = b"".join([m for g in groups for m in g.messages])
+            stream._inflight = groups
+            try:
+                await transport.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail(stream, _errno.EPIPE, f"write failed: {exc!r}", cause=exc)
+                return
+            if stream._inflight is not groups:
+                # The stream failed meanwhile; _fail took these as in doubt.
+                return
+            stream._inflight = None
+            self._written(stream, groups, size)
+
+    def _written(self, stream: AttachedStream, groups: list[TxGroup], size: int) -> None:
+        now = trio.current_time()
+        nmsgs = 0
+        policy = self._tx_policy
+        owners = stream._owners
+        stream._tx_queued_bytes -= size
+        stream._tx_bytes += size
+        self._tx_bytes += size
+        self._tx_outstanding -= size
+        for group in groups:
+            sock = group.sock
+            n = len(group.messages)
+            nmsgs += n
+            sock._tx_queued_bytes -= group.nbytes
+            sock._tx_queued_msgs -= n
+            policy.written(stream, sock, group.nbytes, now - group.picked_at)
+            count = owners[sock] - 1
+            if count:
+                owners[sock] = count
+            else:
+                del owners[sock]
+                stream._unreserved += 1
+                policy.released(stream, sock)
+            if sock._tx_waiters:
+                self._wake_senders(sock)
+        stream._tx_queued_msgs -= nmsgs
+        stream._tx_msgs += nmsgs
+        self._tx_msgs += nmsgs
+        if self._tx_waiting:
+            self._dispatch_waiting()
+        if self._tx_progress is not None:
+            self._tx_progress.set()
+
+    # ------------------------------------------------------------------------
+    # receive: steering
+
+    def _add_rx_candidate(self, sock: KCMSocket) -> None:
+        sock._rx_candidate = True
+        self._rx_candidates += 1
+        self._rx_policy.socket_added(sock)
+        if self._hold:
+            self._steer_hold()
+        if self._paused_readers and self._rx_candidates:
+            self._rx_space.set()
+
+    def _remove_rx_candidate(self, sock: KCMSocket) -> None:
+        if sock._rx_candidate:
+            sock._rx_candidate = False
+            self._rx_candidates -= 1
+            self._rx_policy.socket_removed(sock)
+
+    def _deliver(
+        self, sock: KCMSocket | None, message: bytes, origin: AttachedStream | None
+    ) -> None:
+        if sock is None or not sock._rx_candidate:
+            raise RuntimeError(
+                f"policy {self._rx_policy!r} picked {sock!r}, which is not a receive candidate"
+            )
+        sock._rx_queue.append((message, origin))
+        queued = sock._rx_queued_bytes + len(message)
+        sock._rx_queued_bytes = queued
+        if sock._rx_waiters:
+            trio.lowlevel.reschedule(sock._rx_waiters.popleft())
+        if queued >= sock._rx_limit:
+            self._remove_rx_candidate(sock)
+
+    def _steer(self, origin: AttachedStream, messages: list[bytes]) -> int:
+        """Deliver one read's messages; return how many found a socket."""
+        i = 0
+        n = len(messages)
+        policy = self._rx_policy
+        pick = policy.pick_socket
+        while i < n and self._rx_candidates:
+            message = messages[i]
+            sock = pick(origin, message)
+            if sock is None:
+                break
+            self._deliver(sock, message, origin)
+            i += 1
+        policy.read_done(origin)
+        return i
+
+    def _steer_hold(self) -> None:
+        hold = self._hold
+        policy = self._rx_policy
+        while hold and self._rx_candidates:
+            message, origin = hold[0]
+            sock = policy.pick_socket(None, message)
+            if sock is None:
+                break
+            hold.popleft()
+            self._deliver(sock, message, origin)
+        policy.read_done(None)
+
+    def _hold_messages(self, stream: AttachedStream) -> None:
+        """A stream leaves: its complete, undelivered messages wait in the mux."""
+        if stream._held:
+            self._hold.extend((m, stream) for m in stream._held)
+            stream._held = []
+            self._steer_hold()
+
+    def _take(self, sock: KCMSocket, max_messages: int) -> list[bytes]:
+        queue = sock._rx_queue
+        if max_messages == 1 or len(queue) == 1:
+            message = queue.popleft()[0]
+            out = [message]
+            nbytes = len(message)
+        else:
+            out = [queue.popleft()[0] for _ in range(min(max_messages, len(queue)))]
+            nbytes = sum(map(len, out))
+        sock._rx_queued_bytes -= nbytes
+        sock._rx_msgs += len(out)
+        sock._rx_bytes += nbytes
+        try:
+            self._rx_policy.socket_drained(sock, nbytes)
+            if (
+                not sock._rx_candidate
+                and sock._receive_enabled
+                and not sock._closed
+                and sock._rx_queued_bytes < sock._rx_limit
+            ):
+                self._add_rx_candidate(sock)
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+        return out
+
+    def _move_rx_queue(self, sock: KCMSocket) -> None:
+        """A socket stops receiving: its queued messages go to the others."""
+        self._remove_rx_candidate(sock)
+        if sock._rx_queue:
+            entries = list(sock._rx_queue)
+            sock._rx_queue.clear()
+            nbytes = sock._rx_queued_bytes
+            sock._rx_queued_bytes = 0
+            self._rx_policy.socket_drained(sock, nbytes)
+            # Ahead of messages that were already waiting in the mux.
+            self._hold.extendleft(reversed(entries))
+            self._steer_hold()
+
+    def _disable_receive(self, sock: KCMSocket) -> None:
+        sock._receive_enabled = False
+        try:
+            self._move_rx_queue(sock)
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+
+    def _enable_receive(self, sock: KCMSocket) -> None:
+        sock._receive_enabled = True
+        try:
+            if sock._rx_queued_bytes < sock._rx_limit:
+                self._add_rx_candidate(sock)
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+
+    def _close_socket(self, sock: KCMSocket) -> None:
+        if sock._closed:
+            return
+        sock._closed = True
+        self._sockets.pop(sock, None)
+        self._socket_indices.discard(sock._index)
+        closed = trio.ClosedResourceError("the KCM socket was closed")
+        while sock._rx_waiters:
+            trio.lowlevel.reschedule(sock._rx_waiters.popleft(), _error(closed))
+        while sock._tx_waiters:
+            task, _ = sock._tx_waiters.popitem(last=False)
+            trio.lowlevel.reschedule(task, _error(closed))
+        try:
+            # Accepted messages still go out, batches included.
+            for batch in list(sock._batches.values()):
+                self._flush_batch(sock, batch)
+            self._move_rx_queue(sock)
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+
+    # ------------------------------------------------------------------------
+    # receive: the reader task
+
+    async def _reader(self, stream: AttachedStream) -> None:
+        transport = stream._stream
+        assembler = stream._assembler
+        timeout = stream._assembly_timeout
+        with stream._reader_scope:
+            while True:
+                if stream._held:
+                    held = stream._held
+                    stream._held = []
+                    done = self._steer(stream, held)
+                    if done < len(held):
+                        stream._held = held[done:]
+                        await self._pause(stream)
+                        continue
+                try:
+                    if timeout is None or stream._deadline == math.inf:
+                        data = await transport.receive_some(READ_SIZE)
+                    else:
+                        with trio.move_on_at(stream._deadline):
+                            data = await transport.receive_some(READ_SIZE)
+                            # (the deadline is only checked below)
+                        if trio.current_time() >= stream._deadline:
+                            stream._rx_msg_timeouts += 1
+                            self._fail(
+                                stream,
+                                _errno.ETIMEDOUT,
+                                f"a message took longer than assembly_timeout={timeout}s to arrive",
+                            )
+                            return
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._fail(stream, _errno.EPIPE, f"read failed: {exc!r}", cause=exc)
+                    return
+                if not data:
+                    self._fail(stream, _errno.EPIPE, "end of stream (the peer closed it)")
+                    return
+                before = assembler.bytes
+                try:
+                    messages = assembler.feed(data)
+                except AssemblyError as exc:
+                    self._count_rx(exc.messages, assembler.bytes - before)
+                    stream._held.extend(exc.messages)
+                    self._fail(stream, exc.errno, str(exc), partial=exc.partial)
+                    return
+                if timeout is not None:
+                    if not assembler.partial_size:
+                        stream._deadline = math.inf
+                    elif messages or stream._deadline == math.inf:
+                        # A new message started in this read.
+                        stream._deadline = trio.current_time() + timeout
+                if messages:
+                    self._count_rx(messages, assembler.bytes - before)
+                    done = self._steer(stream, messages)
+                    if done < len(messages):
+                        stream._held = messages[done:]
+
+    def _count_rx(self, messages: list[bytes], nbytes: int) -> None:
+        self._rx_msgs += len(messages)
+        self._rx_bytes += nbytes
+
+    async def _pause(self, stream: AttachedStream) -> None:
+        """No socket has room: stop reading until one has (TCP backpressure)."""
+        start = trio.current_time()
+        stream._paused_since = start
+        self._paused_readers += 1
+        try:
+            await self._rx_space.wait()
+        finally:
+            self._paused_readers -= 1
+            stream._paused_since = None
+            paused = trio.current_time() - start
+            stream._rx_paused += paused
+            # Time stopped by us does not count against the peer.
+            stream._deadline += paused
+
+    # ------------------------------------------------------------------------
+    # stream lifecycle
+
+    async def _run_stream(self, stream: AttachedStream) -> None:
+        try:
+            with stream._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader, stream)
+                    nursery.start_soon(self._writer, stream)
+        finally:
+            if stream._state is _FAILED:
+                close = self._auto_close or self._closed
+            else:
+                close = self._closed and not stream._unattaching
+            if close and not stream._released:
+                self._release_stream(stream)
+                with trio.CancelScope(shield=True):
+                    if stream._state is _ACTIVE and self._graceful:
+                        with trio.move_on_after(self._close_timeout):
+                            await stream._stream.aclose()
+                    await trio.aclose_forcefully(stream._stream)
+            stream._done.set()
+
+    def _release_stream(self, stream: AttachedStream) -> None:
+        if not stream._released:
+            stream._released = True
+            self._streams.pop(stream, None)
+            self._stream_indices.discard(stream._index)
+            _attached_ids.discard(id(stream._stream))
+            self._psock_unattach += 1
+            if self._tx_progress is not None:
+                self._tx_progress.set()
+
+    def _fail(
+        self,
+        stream: AttachedStream,
+        errno: int,
+        message: str,
+        *,
+        cause: BaseException | None = None,
+        partial: bytes | None = None,
+    ) -> None:
+        """Cut a stream off alone; report it; send its messages elsewhere."""
+        if stream._state is not _ACTIVE:
+            return
+        stream._state = _FAILED
+        self._stream_errors += 1
+        self._remove_tx_candidate(stream)
+        inflight = stream._inflight or []
+        stream._inflight = None
+        if inflight:
+            stream._tx_aborts += 1
+            for group in inflight:
+                stream._tx_queued_bytes -= group.nbytes
+                stream._tx_queued_msgs -= len(group.messages)
+        in_doubt = tuple(m for g in inflight for m in g.messages)
+        retry = self._take_pending(stream)
+        if self._retry_in_doubt:
+            retry = inflight + retry
+        else:
+            self._give_up_tx(inflight)
+        self._requeue_tx(retry)
+        if partial is None:
+            partial = stream._assembler.take_partial()
+        self._hold_messages(stream)
+        error = StreamError(
+            errno,
+            f"psock-{stream._index}: {message}",
+            stream=stream,
+            partial_bytes=partial,
+            in_doubt=in_doubt,
+        )
+        error.__cause__ = cause
+        self._errors.append(error)
+        self._error_lot.unpark()
+        stream._scope.cancel()
+        logger.warning("%r failed: %s", stream, error)
+
+    # ------------------------------------------------------------------------
+    # closing
+
+    def _shut(self) -> None:
+        """Closing starts: no new sockets, sends or attaches; sockets close."""
+        self._closed = True
+        for sock in list(self._sockets):
+            self._close_socket(sock)
+
+    async def _flush(self) -> None:
+        """Wait (up to close_timeout) until what was accepted is written."""
+        self._graceful = True
+        with trio.move_on_after(self._close_timeout):
+            while self._tx_outstanding > 0 and self._tx_candidates:
+                self._tx_progress = trio.Event()
+                await self._tx_progress.wait()
+        self._tx_progress = None
+
+    def _stop(self) -> None:
+        """Count and log what could not be flushed or delivered; stop the streams."""
+        dropped = sum(len(g.messages) for sock in self._tx_waiting for g in sock._tx_queue)
+        for stream in self._streams:
+            groups = list(stream._tx_pending) + list(stream._inflight or ())
+            dropped += sum(len(g.messages) for g in groups)
+        self._tx_dropped += dropped
+        undelivered = len(self._hold) + sum(len(s._held) for s in self._streams)
+        self._rx_ready_drops += undelivered
+        if dropped or undelivered:
+            logger.warning(
+                "mux closed with %d accepted message(s) unsent and %d received message(s)"
+                " undelivered",
+                dropped,
+                undelivered,
+            )
+        for stream in list(self._streams):
+            stream._scope.cancel()
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._error_lot.unpark_all()
+
+
+def _error(exc: BaseException) -> outcome.Error:
+    return outcome.Error(exc)
+
+
+@final
+class _ErrorFeed:
+    """The async iterator returned by :meth:`Mux.errors`."""
+
+    __slots__ = ("_mux",)
+
+    def __init__(self, mux: Mux) -> None:
+        self._mux = mux
+
+    def __aiter__(self) -> _ErrorFeed:
+        return self
+
+    async def __anext__(self) -> StreamError:
+        mux = self._mux
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not mux._errors:
+            if mux._finished:
+                raise StopAsyncIteration
+            await mux._error_lot.park()
+        error = mux._errors.popleft()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return error
+
+
+def _check_timeout(value: float | None, name: str) -> None:
+    if value is not None and not (value > 0):
+        raise ValueError(f"{name} must be None or > 0, not {value!r}")
+
+
+@asynccontextmanager
+async def open_mux(
+    *,
+    parser: ParserLike,
+    policy: str | Policy = "batch-affinity",
+    rx_policy: str | Policy | None = None,
+    tx_policy: str | Policy | None = None,
+    socket_type: SocketType = SocketType.DGRAM,
+    max_message_size: int = 8 * 1024 * 1024,
+    assembly_timeout: float | None = None,
+    receive_buffer_size: int = 256 * 1024,
+    send_buffer_size: int = 256 * 1024,
+    auto_close: bool = True,
+    retry_in_doubt: bool = True,
+    close_timeout: float = 5.0,
+    validate: bool = True,
+) -> AsyncIterator[Mux]:
+    """Open a connection multiplexor; an async context manager.
+
+    Example::
+
+        async with trio_kcm.open_mux(parser=trio_kcm.LengthPrefixed(">I", adjust=4)) as mux:
+            mux.attach(await trio.open_tcp_stream(host, port))
+            sock = mux.socket()
+            await sock.send(request)
+            reply = await sock.receive()
+
+    Args:
+      parser: Delineates messages: a :class:`Parser` (e.g.
+        :class:`LengthPrefixed`, :class:`Delimited`) or a plain callable
+        ``(memoryview) -> int``.  Also checks outgoing messages.
+      policy: The load-balancing policy for both directions: a name from
+        :func:`available_policies` or a :class:`Policy` object.
+      rx_policy: Overrides ``policy`` for receive (picking sockets).
+      tx_policy: Overrides ``policy`` for transmit (picking streams).
+      socket_type: :attr:`SocketType.DGRAM` or :attr:`SocketType.SEQPACKET`.
+      max_message_size: The largest message in bytes, in either direction
+        (``EMSGSIZE`` above it).
+      assembly_timeout: Seconds a message may take to arrive, from its first
+        byte; ``None`` for no limit (``ETIMEDOUT`` when exceeded).
+      receive_buffer_size: Default per-socket receive buffer, in bytes.
+      send_buffer_size: Default per-socket send buffer, in bytes.
+      auto_close: Whether the mux unattaches and closes a failed stream itself.
+        With ``False`` it stays attached (as ``"failed"``, used for nothing)
+        until you :meth:`~Mux.unattach` it, as the kernel requires.
+      retry_in_doubt: Whether messages whose write failed part-way are resent
+        on another stream (the peer may then get one twice).  Either way they
+        are listed in :attr:`StreamError.in_doubt`.
+      close_timeout: Seconds allowed, when the block exits normally, for
+        writing what was accepted; also bounds closing each stream.
+      validate: Whether outgoing messages are checked with ``parser``.
+
+    On a normal exit it closes every socket (tasks waiting in them get
+    :exc:`trio.ClosedResourceError`), waits up to ``close_timeout`` for the
+    accepted messages to be written, then closes the attached streams.  What
+    could not be written is counted in :attr:`MuxStatistics.tx_dropped`, and
+    received messages nobody took in :attr:`MuxStatistics.rx_ready_drops`; both
+    are logged.  If the block raises, nothing is flushed: the streams are
+    closed at once and the exception propagates unchanged.
+
+    Raises:
+      PolicyLoadError: A policy name is unknown or its plugin is broken.
+      ValueError: An argument is out of range.
+      BaseExceptionGroup: A policy raised (a bug): its exception comes out of
+        the mux's nursery.
+
+    """
+    if max_message_size < 1:
+        raise ValueError("max_message_size must be >= 1")
+    if receive_buffer_size < 1 or send_buffer_size < 1:
+        raise ValueError("buffer sizes must be >= 1")
+    if not isinstance(socket_type, SocketType):
+        raise ValueError(f"socket_type must be a SocketType, not {socket_type!r}")
+    _check_timeout(assembly_timeout, "assembly_timeout")
+    if not close_timeout >= 0:
+        raise ValueError("close_timeout must be >= 0")
+    the_parser = as_parser(parser)
+    base = resolve_policy(policy) if rx_policy is None or tx_policy is None else None
+    rx = resolve_policy(rx_policy) if rx_policy is not None else base
+    tx = resolve_policy(tx_policy) if tx_policy is not None else base
+    assert rx is not None and tx is not None
+    mux = Mux(
+        parser=the_parser,
+        rx_policy=rx,
+        tx_policy=tx,
+        socket_type=socket_type,
+        max_message_size=max_message_size,
+        assembly_timeout=assembly_timeout,
+        receive_buffer_size=receive_buffer_size,
+        send_buffer_size=send_buffer_size,
+        auto_close=auto_close,
+        retry_in_doubt=retry_in_doubt,
+        close_timeout=close_timeout,
+        validate=validate,
+    )
+    body_exc: BaseException | None = None
+    unwrap = False
+    try:
+        async with trio.open_nursery() as nursery:
+            mux._nursery = nursery
+            try:
+                yield mux
+            except BaseException as exc:
+                body_exc = exc
+                mux._shut()
+                mux._stop()
+                nursery.cancel_scope.cancel()
+                raise
+            try:
+                mux._shut()
+                await mux._flush()
+            except BaseException as exc:
+                body_exc = exc
+                nursery.cancel_scope.cancel()
+                raise
+            finally:
+                mux._stop()
+            # The streams close themselves as their tasks end (see _run_stream).
+    except BaseExceptionGroup as group:
+        # The body's own exception alone comes out as itself, not in a group.
+        if body_exc is not None and _only(group, body_exc):
+            unwrap = True
+        else:
+            raise
+    finally:
+        mux._finish()
+    if unwrap:
+        assert body_exc is not None
+        raise body_exc
+
+
+def _only(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
+    """Is ``exc`` the only exception in ``group`` (Cancelled of our own aside)?"""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        else:
+            leaves.append(e)
+    return all(leaf is exc for leaf in leaves)

@@ -1,0 +1,122 @@
+"""Statistics snapshots: frozen dataclasses, cheap to take (no locks, no I/O).
+
+Names follow the kernel's ``/proc/net/kcm_stats`` where one exists.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["MuxStatistics", "SocketStatistics", "StreamState", "StreamStatistics"]
+
+
+class StreamState(str, enum.Enum):
+    """The state of an attached stream (:attr:`AttachedStream.state`).
+
+    It is a :class:`str` enum: ``StreamState.ACTIVE == "active"``.
+    """
+
+    #: Attached and in use for both directions.
+    ACTIVE = "active"
+    #: It failed (see :class:`StreamError`); it stays ``"failed"`` after the
+    #: mux or the application unattached or closed it.
+    FAILED = "failed"
+    #: Handed back by :meth:`Mux.unattach` while it was healthy.
+    UNATTACHED = "unattached"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatistics:
+    """A snapshot of one attached stream's counters (the kernel's psock)."""
+
+    #: Messages assembled from this stream.
+    rx_msgs: int
+    #: Bytes of those messages.
+    rx_bytes: int
+    #: Messages written whole to this stream.
+    tx_msgs: int
+    #: Bytes written to this stream.
+    tx_bytes: int
+    #: Times a KCM socket started a burst of messages on this stream (it had
+    #: nothing queued or in flight here and queued something).
+    reserved: int
+    #: Times such a burst ended: all of that socket's messages here were written.
+    unreserved: int
+    #: Writes that failed part-way (at most 1: the stream then failed).
+    tx_aborts: int
+    #: Times the parser answered "need more bytes".
+    rx_need_more_hdr: int
+    #: Impossible lengths from the parser (``EPROTO``).
+    rx_bad_hdr_len: int
+    #: Messages announced above ``max_message_size`` (``EMSGSIZE``).
+    rx_msg_too_big: int
+    #: Messages that outlasted ``assembly_timeout`` (``ETIMEDOUT``).
+    rx_msg_timeouts: int
+    #: Seconds the reader spent stopped for backpressure, a pause in progress
+    #: included.
+    rx_paused: float
+    #: Messages queued for this stream and not written yet.
+    tx_queued_msgs: int
+    #: Bytes queued for this stream and not written yet.
+    tx_queued_bytes: int
+    #: The stream's state.
+    state: StreamState
+
+
+@dataclass(frozen=True, slots=True)
+class SocketStatistics:
+    """A snapshot of one KCM socket's counters."""
+
+    #: Messages the application received from this socket.
+    rx_msgs: int
+    #: Bytes of those messages.
+    rx_bytes: int
+    #: Messages the application sent on this socket (counted when accepted).
+    tx_msgs: int
+    #: Bytes of those messages.
+    tx_bytes: int
+    #: Messages waiting in this socket's receive queue.
+    rx_queued_msgs: int
+    #: Bytes waiting in this socket's receive queue.
+    rx_queued_bytes: int
+    #: Messages accepted from this socket and not written yet.
+    tx_queued_msgs: int
+    #: Bytes accepted from this socket and not written yet.
+    tx_queued_bytes: int
+    #: Whether the socket takes new messages (see ``disable_receive``).
+    receive_enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MuxStatistics:
+    """A snapshot of a mux's counters, streams that left it included."""
+
+    #: Messages assembled from streams (the kernel's mux RX-Msgs).
+    rx_msgs: int
+    #: Bytes of those messages.
+    rx_bytes: int
+    #: Messages written whole to streams.
+    tx_msgs: int
+    #: Bytes of those messages.
+    tx_bytes: int
+    #: Messages that were queued or in flight on a stream that failed or was
+    #: unattached, and were handed to another stream.
+    tx_retries: int
+    #: Received messages no socket could ever take (lost when the mux closed).
+    rx_ready_drops: int
+    #: Accepted messages that could not be written before the mux closed.
+    tx_dropped: int
+    #: Streams attached, ever.
+    psock_attach: int
+    #: Streams unattached, ever (explicitly, or by ``auto_close``).
+    psock_unattach: int
+    #: Streams attached now (failed ones not yet unattached included).
+    streams: int
+    #: Open KCM sockets.
+    sockets: int
+    #: Stream failures, ever.
+    stream_errors: int
