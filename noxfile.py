@@ -1,0 +1,57 @@
+"""nox sessions: tests, lint, typecheck.
+
+Run ``nox -s tests`` (every supported Python found on this machine),
+``nox -s lint``, ``nox -s typecheck``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+def _add_pyenv_to_path() -> None:
+    """Put pyenv's interpreters on PATH so nox finds python3.X."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    dirs = sorted(glob.glob(os.path.join(root, "versions", "3.*", "bin")))
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([d for d in dirs if d not in path] + path)
+
+
+_add_pyenv_to_path()
+
+
+def _have(python: str) -> bool:
+    return shutil.which(f"python{python}") is not None
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite on each supported Python (an absent one is skipped)."""
+    if not _have(str(session.python)):
+        session.skip(f"python{session.python} is not installed on this machine")
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".", "mypy>=1.10")
+    session.run("mypy", "--strict", "trio_kcm")
