@@ -656,6 +656,7 @@ class Mux:
         nmsgs = 0
         policy = self._tx_policy
         owners = stream._owners
+        candidate = stream._tx_candidate
         stream._tx_queued_bytes -= size
         stream._tx_bytes += size
         self._tx_bytes += size
@@ -666,14 +667,15 @@ class Mux:
             nmsgs += n
             sock._tx_queued_bytes -= group.nbytes
             sock._tx_queued_msgs -= n
-            policy.written(stream, sock, group.nbytes, now - group.picked_at)
-            count = owners[sock] - 1
-            if count:
-                owners[sock] = count
-            else:
-                del owners[sock]
-                stream._unreserved += 1
-                policy.released(stream, sock)
+            if candidate:  # the policy hears nothing more of a removed stream
+                policy.written(stream, sock, group.nbytes, now - group.picked_at)
+                count = owners[sock] - 1
+                if count:
+                    owners[sock] = count
+                else:
+                    del owners[sock]
+                    stream._unreserved += 1
+                    policy.released(stream, sock)
             if sock._tx_waiters:
                 self._wake_senders(sock)
         stream._tx_queued_msgs -= nmsgs
@@ -873,7 +875,9 @@ class Mux:
                 except AssemblyError as exc:
                     self._count_rx(exc.messages, assembler.bytes - before)
                     stream._held.extend(exc.messages)
-                    self._fail(stream, exc.errno, str(exc), partial=exc.partial)
+                    self._fail(
+                        stream, exc.errno, str(exc), partial=exc.partial, cause=exc.__cause__
+                    )
                     return
                 if timeout is not None:
                     if not assembler.partial_size:

@@ -1,0 +1,189 @@
+"""Attach, unattach, closing the mux, statistics."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+import trio_kcm
+
+from .conftest import PeerReader, frame
+
+P = trio_kcm.LengthPrefixed(">I", adjust=4)
+
+
+async def test_attach_twice_is_refused() -> None:
+    async with trio_kcm.open_mux(parser=P) as mux, trio_kcm.open_mux(parser=P) as other:
+        ours, _ = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        with pytest.raises(ValueError, match="already attached"):
+            mux.attach(ours)
+        with pytest.raises(ValueError, match="already attached"):
+            other.attach(ours)
+
+
+async def test_unattach_hands_the_stream_back_with_unread_bytes() -> None:
+    async with trio_kcm.open_mux(parser=P) as mux:
+        ours, peer = trio.testing.memory_stream_pair()
+        handle = mux.attach(ours)
+        sock = mux.socket()
+        half = frame(b"second")[:5]
+        await peer.send_all(frame(b"first") + half)
+        await trio.testing.wait_all_tasks_blocked()
+        stream = await mux.unattach(handle)
+        assert stream is ours
+        assert handle.state == "unattached"
+        assert handle.unread_data == half
+        assert await sock.receive() == frame(b"first")  # complete ones are delivered
+        assert mux.streams == ()
+        # Open, and positioned right after the unread bytes.
+        await peer.send_all(frame(b"second")[5:])
+        assert handle.unread_data + await stream.receive_some(100) == frame(b"second")
+        with pytest.raises(ValueError):
+            await mux.unattach(handle)
+        stats = mux.statistics()
+        assert (stats.psock_attach, stats.psock_unattach) == (1, 1)
+        await stream.aclose()
+
+
+async def test_unattach_waits_for_the_write_in_progress_and_moves_the_rest() -> None:
+    async with trio_kcm.open_mux(parser=P, policy="round-robin") as mux:
+        slow_ours, slow_peer = trio.testing.memory_stream_pair()
+        release = trio.Event()
+
+        async def slow_hook() -> None:
+            await release.wait()
+            trio.testing.memory_stream_pump(slow_ours.send_stream, slow_peer.receive_stream)
+
+        slow_ours.send_stream.send_all_hook = slow_hook
+        slow = mux.attach(slow_ours)
+        sock = mux.socket()
+        await sock.send(frame(b"in progress"))  # round-robin: onto the only stream
+        await trio.testing.wait_all_tasks_blocked()
+        fast_ours, fast_peer = trio.testing.memory_stream_pair()
+        mux.attach(fast_ours)
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def unattach() -> None:
+                await mux.unattach(slow)
+                done.set()
+
+            nursery.start_soon(unattach)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()  # waiting for the write
+            with pytest.raises(trio.BusyResourceError):
+                await mux.unattach(slow)
+            for i in range(4):
+                await sock.send(frame(b"later %d" % i))  # all go to the other stream
+            release.set()
+        assert await PeerReader(slow_peer).read_frames(1) == [frame(b"in progress")]
+        assert await PeerReader(fast_peer).read_frames(4) == [frame(b"later %d" % i) for i in range(4)]
+        assert slow.state == "unattached"
+        assert slow.statistics().tx_msgs == 1
+        await slow_ours.aclose()
+
+
+async def test_unattach_of_a_foreign_handle() -> None:
+    async with trio_kcm.open_mux(parser=P) as a, trio_kcm.open_mux(parser=P) as b:
+        ours, _ = trio.testing.memory_stream_pair()
+        handle = a.attach(ours)
+        with pytest.raises(ValueError):
+            await b.unattach(handle)
+
+
+async def test_closing_flushes_accepted_messages_and_closes_streams() -> None:
+    ours, peer = trio.testing.memory_stream_pair()
+    async with trio_kcm.open_mux(parser=P, send_buffer_size=1 << 20) as mux:
+        mux.attach(ours)
+        sock = mux.socket()
+        for i in range(100):
+            sock.send_nowait(frame(b"%d" % i))
+    frames, rest = await PeerReader(peer).read_until_eof()  # EOF: the mux closed it
+    assert frames == [frame(b"%d" % i) for i in range(100)]
+    assert rest == b""
+    stats = mux.statistics()
+    assert (stats.tx_msgs, stats.tx_dropped, stats.streams, stats.sockets) == (100, 0, 0, 0)
+    with pytest.raises(trio.ClosedResourceError):
+        sock.send_nowait(frame(b"too late"))
+
+
+async def test_close_timeout_bounds_the_flush_and_counts_drops(autojump_clock: object) -> None:
+    ours, peer = trio.testing.lockstep_stream_pair()  # nobody reads the peer: writes block
+    start = trio.current_time()
+    async with trio_kcm.open_mux(parser=P, close_timeout=3) as mux:
+        mux.attach(ours)
+        sock = mux.socket()
+        await sock.send(frame(b"stuck"))
+        await sock.send(frame(b"behind it"))
+    assert 3 <= trio.current_time() - start < 4
+    stats = mux.statistics()
+    assert stats.tx_dropped == 2
+    assert stats.tx_msgs == 0
+
+
+async def test_closing_counts_undelivered_messages() -> None:
+    async with trio_kcm.open_mux(parser=P) as mux:
+        ours, peer = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        sock = mux.socket()
+        sock.disable_receive()
+        await peer.send_all(frame(b"a") + frame(b"b"))
+        await trio.testing.wait_all_tasks_blocked()
+    assert mux.statistics().rx_ready_drops == 2
+
+
+async def test_body_exception_propagates_unwrapped_and_nothing_is_flushed() -> None:
+    ours, peer = trio.testing.memory_stream_pair()
+    with pytest.raises(KeyError, match="mine"):
+        async with trio_kcm.open_mux(parser=P) as mux:
+            mux.attach(ours)
+            raise KeyError("mine")
+    assert await peer.receive_some(10) == b""  # closed
+
+
+async def test_statistics_and_format() -> None:
+    async with trio_kcm.open_mux(parser=P) as mux:
+        ours, peer = trio.testing.memory_stream_pair()
+        handle = mux.attach(ours)
+        sock = mux.socket()
+        await sock.send(frame(b"out"))
+        await peer.send_all(frame(b"in") + frame(b"in2"))
+        assert await sock.receive() == frame(b"in")
+        await trio.testing.wait_all_tasks_blocked()
+        s = handle.statistics()
+        assert (s.rx_msgs, s.rx_bytes, s.tx_msgs, s.tx_bytes, s.state) == (2, 13, 1, 7, "active")
+        k = sock.statistics()
+        assert (k.rx_msgs, k.rx_queued_msgs, k.rx_queued_bytes, k.tx_msgs) == (1, 1, 7, 1)
+        m = mux.statistics()
+        assert (m.rx_msgs, m.rx_bytes, m.tx_msgs, m.tx_bytes) == (2, 13, 1, 7)
+        assert (m.streams, m.sockets, m.psock_attach) == (1, 1, 1)
+        text = trio_kcm.format_stats(mux)
+        lines = text.splitlines()
+        assert lines[0] == "*** KCM statistics (1 MUX) ****"
+        assert lines[1].split()[:5] == ["Object", "RX-Msgs", "RX-Bytes", "TX-Msgs", "TX-Bytes"]
+        assert lines[2].split()[:5] == ["mux", "2", "13", "1", "7"]
+        assert lines[3].split()[:9] == ["kcm-0", "1", "6", "1", "7", "1", "7", "0", "0"]
+        assert lines[4].split()[:5] == ["psock-0", "2", "13", "1", "7"]
+        assert handle.tcp_info() is None  # not a TCP stream
+        with pytest.raises(AttributeError):
+            s.rx_msgs = 3  # type: ignore[misc]
+
+
+async def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError):
+        async with trio_kcm.open_mux(parser=P, max_message_size=0):
+            pass
+    with pytest.raises(ValueError):
+        async with trio_kcm.open_mux(parser=P, assembly_timeout=0):
+            pass
+    with pytest.raises(ValueError):
+        async with trio_kcm.open_mux(parser=P, socket_type="stream"):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(TypeError):
+        async with trio_kcm.open_mux(parser=42):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(trio_kcm.PolicyLoadError, match="no-such-policy"):
+        async with trio_kcm.open_mux(parser=P, policy="no-such-policy"):
+            pass
