@@ -24,8 +24,8 @@ class SocketType(enum.Enum):
 
     #: Whole messages in and out (the default).
     DGRAM = "dgram"
-    #: Like ``DGRAM``; the kernel also lets a message be built over several sends
-    #: and read in pieces.
+    #: The kernel's SEQPACKET lets a message be built over several sends and read
+    #: in pieces.  Not yet: for now a SEQPACKET mux behaves exactly as ``DGRAM``.
     SEQPACKET = "seqpacket"
 
 
