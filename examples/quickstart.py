@@ -26,9 +26,7 @@ async def echo_server(stream: trio.SocketStream) -> None:
 
 async def main(connections: int = 2, workers: int = 4, messages: int = 1000) -> None:
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            partial(trio.serve_tcp, echo_server, 0, host="127.0.0.1")
-        )
+        listeners = await nursery.start(partial(trio.serve_tcp, echo_server, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
 
         async with trio_kcm.open_mux(parser=PARSER, policy="round-robin") as mux:

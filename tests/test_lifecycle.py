@@ -79,7 +79,9 @@ async def test_unattach_waits_for_the_write_in_progress_and_moves_the_rest() -> 
                 await sock.send(frame(b"later %d" % i))  # all go to the other stream
             release.set()
         assert await PeerReader(slow_peer).read_frames(1) == [frame(b"in progress")]
-        assert await PeerReader(fast_peer).read_frames(4) == [frame(b"later %d" % i) for i in range(4)]
+        assert await PeerReader(fast_peer).read_frames(4) == [
+            frame(b"later %d" % i) for i in range(4)
+        ]
         assert slow.state == "unattached"
         assert slow.statistics().tx_msgs == 1
         await slow_ours.aclose()
@@ -110,7 +112,7 @@ async def test_closing_flushes_accepted_messages_and_closes_streams() -> None:
 
 
 async def test_close_timeout_bounds_the_flush_and_counts_drops(autojump_clock: object) -> None:
-    ours, peer = trio.testing.lockstep_stream_pair()  # nobody reads the peer: writes block
+    ours, _peer = trio.testing.lockstep_stream_pair()  # nobody reads the peer: writes block
     start = trio.current_time()
     async with trio_kcm.open_mux(parser=P, close_timeout=3) as mux:
         mux.attach(ours)

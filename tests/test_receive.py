@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import trio_kcm
@@ -54,19 +55,18 @@ async def test_receive_many_takes_what_is_queued_without_waiting_for_more() -> N
 
 async def test_async_iteration_ends_when_the_mux_closes() -> None:
     got: list[bytes] = []
-    async with trio.open_nursery() as nursery:
-        async with trio_kcm.open_mux(parser=P) as mux:
-            ours, peer = trio.testing.memory_stream_pair()
-            mux.attach(ours)
-            sock = mux.socket()
+    async with trio.open_nursery() as nursery, trio_kcm.open_mux(parser=P) as mux:
+        ours, peer = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        sock = mux.socket()
 
-            async def consume() -> None:
-                async for message in sock:
-                    got.append(message)
+        async def consume() -> None:
+            async for message in sock:
+                got.append(message)
 
-            nursery.start_soon(consume)
-            await peer.send_all(frame(b"1") + frame(b"2"))
-            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(consume)
+        await peer.send_all(frame(b"1") + frame(b"2"))
+        await trio.testing.wait_all_tasks_blocked()
     assert got == [frame(b"1"), frame(b"2")]
 
 
@@ -88,7 +88,7 @@ async def test_many_receivers_get_each_message_once() -> None:
             sent = [frame(b"msg %d" % i) for i in range(3000)]
             for i in range(0, 3000, 100):
                 await peer.send_all(b"".join(sent[i : i + 100]))
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
         assert sorted(got) == sorted(sent)

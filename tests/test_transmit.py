@@ -7,6 +7,7 @@ import random
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import trio_kcm
@@ -155,7 +156,7 @@ async def test_many_concurrent_senders_never_interleave() -> None:
                 mine.append(frame(payload))
                 await sock.send(frame(payload))
                 if rng.random() < 0.3:
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
         async with trio.open_nursery() as nursery:
             for t in range(32):
@@ -171,7 +172,7 @@ async def test_many_concurrent_senders_never_interleave() -> None:
 async def test_send_many_is_one_group_in_one_write() -> None:
     writes: list[bytes] = []
     async with trio_kcm.open_mux(parser=P) as mux:
-        ours, peer = trio.testing.memory_stream_pair()
+        ours, _peer = trio.testing.memory_stream_pair()
 
         async def hook() -> None:
             writes.append(ours.send_stream.get_data_nowait())
