@@ -124,10 +124,13 @@ class Assembler:
 
         """
         out: list[bytes] = []
+        if not data:
+            return out
         if self._need:
             room = self._need - self._have
             if len(data) < room:
-                self._body.append(data)
+                # Keep no reference to a caller's mutable buffer.
+                self._body.append(data if type(data) is bytes else bytes(data))
                 self._have += len(data)
                 return out
             self._body.append(data[:room])

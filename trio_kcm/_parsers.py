@@ -9,6 +9,7 @@ rejects.  It must be pure: the same bytes always give the same answer.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -115,6 +116,8 @@ class LengthPrefixed:
             fields = ()
         if len(fields) != 1 or not isinstance(fields[0], int) or isinstance(fields[0], bool):
             raise ValueError(f"format {format!r} must describe exactly one integer field")
+        offset = operator.index(offset)
+        adjust = operator.index(adjust)
         if offset < 0:
             raise ValueError("offset must be >= 0")
         self.format = format
@@ -124,11 +127,16 @@ class LengthPrefixed:
         self.header_size = offset + s.size
 
     def message_length(self, data: memoryview, /) -> int:
-        """The field's value plus ``adjust``; ``0`` until the field is complete."""
+        """The field's value plus ``adjust``; ``0`` until the field is complete.
+
+        A complete field that announces ``0`` or less gives ``-1``: an impossible
+        length, never "need more".
+        """
         if len(data) < self.header_size:
             return 0
-        value: int = self._struct.unpack_from(data, self.offset)[0]
-        return value + self.adjust
+        length: int = self._struct.unpack_from(data, self.offset)[0] + self.adjust
+        # A complete header announcing 0 (or less) must not read as "need more".
+        return length if length > 0 else -1
 
     def frame(self, payload: bytes, /) -> bytes:
         """Return ``payload`` with this parser's header in front of it.
@@ -199,12 +207,15 @@ class Delimited:
         """Return ``payload`` followed by the delimiter.
 
         Raises:
-          BadMessage: The payload contains the delimiter.
+          BadMessage: The payload contains the delimiter (or would, joined to it).
 
         """
-        if self.delimiter in payload:
+        message = payload + self.delimiter
+        # Also refuses a payload whose end, with the start of the delimiter,
+        # forms an earlier delimiter (b"x\r\n" + b"\r\n\r\n").
+        if message.find(self.delimiter) != len(payload):
             raise BadMessage("the payload contains the delimiter")
-        return payload + self.delimiter
+        return message
 
     def __repr__(self) -> str:
         return f"Delimited({self.delimiter!r})"
