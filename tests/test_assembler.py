@@ -689,3 +689,36 @@ def test_feed_does_not_keep_callers_bytearray() -> None:
     assert asm.feed(buf) == []
     buf[:] = b"????"
     assert asm.feed(bytearray(message[10:])) == [message]
+
+
+def test_delimited_search_resumes_where_it_stopped() -> None:
+    """A long line arriving in pieces is scanned once, not once per piece."""
+    scanned = [0]
+
+    class Counting(Delimited):
+        __slots__ = ()
+
+        def message_length(self, data: memoryview, /) -> int:
+            scanned[0] += len(data)
+            return super().message_length(data)
+
+        def resume_message_length(self, data: memoryview, seen: int, /) -> int:
+            scanned[0] += len(data) - seen
+            return super().resume_message_length(data, seen)
+
+    asm = Assembler(Counting(b"\r\n"), 4 << 20)
+    chunk = b"y" * 1024
+    for _ in range(1024):  # 1 MiB with no delimiter yet
+        assert asm.feed(chunk) == []
+    assert asm.feed(b"\r\nnext\r\n") == [chunk * 1024 + b"\r\n", b"next\r\n"]
+    assert scanned[0] < 3 * (1 << 20)  # linear: quadratic would be ~512 MiB
+
+
+def test_delimited_resume_matches_a_fresh_search() -> None:
+    d = Delimited(b"\r\n")
+    data = memoryview(b"abc\r\ndef")
+    for seen in range(0, 5):
+        assert d.resume_message_length(data, seen) == 5
+    view = memoryview(b"zzabc\r\n")[2:]  # not the whole buffer
+    assert d.resume_message_length(view, 3) == 5
+    assert d.resume_message_length(memoryview(b"abcd"), 2) == 0

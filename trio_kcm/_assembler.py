@@ -18,6 +18,10 @@ The rules, in one place (the kernel's strparser, ``net/strparser/strparser.c``):
 4. Bytes past the end of a message start the next one.
 5. A message whose length is known is gathered as a list of chunks and joined
    once, so a large message costs linear time however it is chunked.
+6. A parser with ``resume_message_length(data, seen)`` is asked that instead
+   when it already answered ``0`` for the first ``seen`` bytes of the message,
+   so a delimiter search goes on where it stopped (linear, not quadratic, for a
+   long message arriving in many chunks).
 
 After an error the assembler is finished: the stream it served has failed.
 """
@@ -67,6 +71,7 @@ class Assembler:
         "_min",
         "_need",
         "_parse",
+        "_resume",
         "_watermark",
         "bad_hdr_len",
         "bytes",
@@ -79,6 +84,7 @@ class Assembler:
         if max_message_size < 1:
             raise ValueError("max_message_size must be >= 1")
         self._parse: Final = parser.message_length
+        self._resume: Final = getattr(parser, "resume_message_length", None)
         header_size = getattr(parser, "header_size", 1)
         if not isinstance(header_size, int) or header_size < 1:
             header_size = 1
@@ -152,6 +158,7 @@ class Assembler:
 
     def _split(self, buf: bytes | bytearray, out: list[bytes]) -> None:
         parse = self._parse
+        resume = self._resume
         n = len(buf)
         pos = 0
         view = memoryview(buf)
@@ -160,7 +167,12 @@ class Assembler:
             while pos < n:
                 avail = n - pos
                 try:
-                    length = parse(view[pos:] if pos else view)
+                    if self._watermark and resume is not None:
+                        # The parser already saw the first _watermark bytes of
+                        # this message (pos is 0 then): let it go on from there.
+                        length = resume(view, self._watermark)
+                    else:
+                        length = parse(view[pos:] if pos else view)
                 except BadMessage as exc:
                     raise self._error(
                         _errno.EBADMSG, f"parser rejected the header: {exc}", out, view, pos

@@ -28,6 +28,11 @@ class Parser(Protocol):
     shorter than that as impossible (``EPROTO``), as it does a negative length or
     one that is not an integer.  Without it, the assembler still refuses a
     length that ends inside bytes the parser already said were not enough.
+
+    And it may have ``resume_message_length(data, seen)``: the same answer,
+    given that it already answered ``0`` for the first ``seen`` bytes of
+    ``data``, so that a search can go on where it stopped (see
+    :class:`Delimited`).
     """
 
     def message_length(self, data: memoryview, /) -> int:
@@ -202,6 +207,22 @@ class Delimited:
             if k >= n:
                 return 0
             k *= 4
+
+    def resume_message_length(self, data: memoryview, seen: int, /) -> int:
+        """:meth:`message_length`, knowing the first ``seen`` bytes hold no delimiter.
+
+        The assembler calls this while a long message arrives in pieces, so the
+        search does not start again from the message's first byte each time.
+        """
+        delimiter = self.delimiter
+        start = max(0, seen - len(delimiter) + 1)
+        obj = data.obj
+        if isinstance(obj, (bytes, bytearray)) and len(obj) == len(data):
+            i = obj.find(delimiter, start)
+        else:
+            i = bytes(data[start:]).find(delimiter)
+            i = i if i < 0 else i + start
+        return 0 if i < 0 else i + len(delimiter)
 
     def frame(self, payload: bytes, /) -> bytes:
         """Return ``payload`` followed by the delimiter.
