@@ -30,6 +30,7 @@ import errno as _errno
 import logging
 import math
 import sys
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -64,8 +65,9 @@ _ACTIVE = StreamState.ACTIVE
 _FAILED = StreamState.FAILED
 
 # Streams attached to any mux in this process, by id (a stream is in at most
-# one mux, as a TCP socket is in the kernel: EALREADY).
-_attached_ids: set[int] = set()
+# one mux, as a TCP socket is in the kernel: EALREADY).  Weak, so that a mux
+# that died mid-way can leave no stale entry behind.
+_attached: weakref.WeakValueDictionary[int, AttachedStream] = weakref.WeakValueDictionary()
 
 
 class _SendWaiter:
@@ -268,14 +270,15 @@ class Mux:
         """
         if self._closed or self._nursery is None:
             raise trio.ClosedResourceError("the mux is closed")
-        if id(stream) in _attached_ids:
+        other = _attached.get(id(stream))
+        if other is not None and other._stream is stream and not other._released:
             raise ValueError(f"{stream!r} is already attached to a mux")
         p = self._parser if parser is None else as_parser(parser)
         mms = self._max_message_size if max_message_size is None else max_message_size
         timeout = self._assembly_timeout if assembly_timeout is None else assembly_timeout
         _check_timeout(timeout, "assembly_timeout")
         handle = AttachedStream(self, stream, p, _lowest_free(self._stream_indices), mms, timeout)
-        _attached_ids.add(id(stream))
+        _attached[id(stream)] = handle
         self._streams[handle] = None
         self._psock_attach += 1
         self._nursery.start_soon(self._run_stream, handle)
@@ -393,7 +396,7 @@ class Mux:
 
     def _crash(self, exc: BaseException) -> None:
         """A policy raised in a user's task: make it propagate out of open_mux too."""
-        if isinstance(exc, (trio.Cancelled, KeyboardInterrupt, trio.ClosedResourceError)):
+        if isinstance(exc, (trio.Cancelled, KeyboardInterrupt)):
             return
         if self._nursery is not None and not self._finished:
             try:
@@ -920,10 +923,16 @@ class Mux:
                     nursery.start_soon(self._reader, stream)
                     nursery.start_soon(self._writer, stream)
         finally:
+            # The mux owns the stream until unattach: it closes it when the mux
+            # closes or dies (its nursery was cancelled), and on failure if
+            # auto_close.
+            closing = self._closed or (
+                self._nursery is not None and self._nursery.cancel_scope.cancel_called
+            )
             if stream._state is _FAILED:
-                close = self._auto_close or self._closed
+                close = self._auto_close or closing
             else:
-                close = self._closed and not stream._unattaching
+                close = closing and not stream._unattaching
             if close and not stream._released:
                 self._release_stream(stream)
                 with trio.CancelScope(shield=True):
@@ -938,7 +947,8 @@ class Mux:
             stream._released = True
             self._streams.pop(stream, None)
             self._stream_indices.discard(stream._index)
-            _attached_ids.discard(id(stream._stream))
+            if _attached.get(id(stream._stream)) is stream:
+                del _attached[id(stream._stream)]
             self._psock_unattach += 1
             if self._tx_progress is not None:
                 self._tx_progress.set()
@@ -1027,6 +1037,8 @@ class Mux:
 
     def _finish(self) -> None:
         self._finished = True
+        for stream in list(self._streams):  # only if the mux died mid-way
+            self._release_stream(stream)
         self._error_lot.unpark_all()
 
 

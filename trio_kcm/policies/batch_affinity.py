@@ -67,6 +67,9 @@ class BatchAffinity(Policy):
     def stream_removed(self, stream: AttachedStream, /) -> None:
         self._streams.pop(stream, None)
         self._bound.pop(stream, None)
+        # No released() follows for a removed stream: drop its reservations.
+        for sock in [s for s, reserved in self._reserved.items() if reserved is stream]:
+            del self._reserved[sock]
 
     def pick_stream(
         self, sock: KCMSocket, messages: Sequence[bytes], nbytes: int, /
