@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._policy import Policy
+from ._rotation import Rotation
 
 if TYPE_CHECKING:
     from .._socket import KCMSocket
@@ -31,30 +31,27 @@ class BatchAffinity(Policy):
     """
 
     def __init__(self) -> None:
-        self._sockets: OrderedDict[KCMSocket, None] = OrderedDict()
+        self._sockets: Rotation[KCMSocket] = Rotation()
         self._bound: dict[AttachedStream, KCMSocket] = {}
-        self._streams: OrderedDict[AttachedStream, None] = OrderedDict()
+        self._streams: Rotation[AttachedStream] = Rotation()
         self._reserved: dict[KCMSocket, AttachedStream] = {}
 
     def socket_added(self, sock: KCMSocket, /) -> None:
-        self._sockets[sock] = None
+        self._sockets.add(sock)
 
     def socket_removed(self, sock: KCMSocket, /) -> None:
-        self._sockets.pop(sock, None)
+        self._sockets.discard(sock)
 
     def pick_socket(self, stream: AttachedStream | None, message: bytes, /) -> KCMSocket | None:
-        sockets = self._sockets
         if stream is None:
             # Moved or held messages: fill the head of the line first.
-            return next(iter(sockets)) if sockets else None
+            return self._sockets.head()
         sock = self._bound.get(stream)
-        if sock is not None and sock in sockets:
+        if sock is not None and sock in self._sockets:
             return sock
-        if not sockets:
-            return None
-        sock = next(iter(sockets))
-        sockets.move_to_end(sock)
-        self._bound[stream] = sock
+        sock = self._sockets.take()
+        if sock is not None:
+            self._bound[stream] = sock
         return sock
 
     def read_done(self, stream: AttachedStream | None, /) -> None:
@@ -62,10 +59,10 @@ class BatchAffinity(Policy):
             self._bound.pop(stream, None)
 
     def stream_added(self, stream: AttachedStream, /) -> None:
-        self._streams[stream] = None
+        self._streams.add(stream)
 
     def stream_removed(self, stream: AttachedStream, /) -> None:
-        self._streams.pop(stream, None)
+        self._streams.discard(stream)
         self._bound.pop(stream, None)
         # No released() follows for a removed stream: drop its reservations.
         for sock in [s for s, reserved in self._reserved.items() if reserved is stream]:
@@ -74,15 +71,12 @@ class BatchAffinity(Policy):
     def pick_stream(
         self, sock: KCMSocket, messages: Sequence[bytes], nbytes: int, /
     ) -> AttachedStream | None:
-        streams = self._streams
         stream = self._reserved.get(sock)
-        if stream is not None and stream in streams:
+        if stream is not None and stream in self._streams:
             return stream
-        if not streams:
-            return None
-        stream = next(iter(streams))
-        streams.move_to_end(stream)
-        self._reserved[sock] = stream
+        stream = self._streams.take()
+        if stream is not None:
+            self._reserved[sock] = stream
         return stream
 
     def released(self, stream: AttachedStream, sock: KCMSocket, /) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._policy import Policy
+from ._rotation import Rotation
 
 if TYPE_CHECKING:
     from .._socket import KCMSocket
@@ -23,35 +23,25 @@ class RoundRobin(Policy):
     """
 
     def __init__(self) -> None:
-        self._sockets: OrderedDict[KCMSocket, None] = OrderedDict()
-        self._streams: OrderedDict[AttachedStream, None] = OrderedDict()
+        self._sockets: Rotation[KCMSocket] = Rotation()
+        self._streams: Rotation[AttachedStream] = Rotation()
 
     def socket_added(self, sock: KCMSocket, /) -> None:
-        self._sockets[sock] = None
+        self._sockets.add(sock)
 
     def socket_removed(self, sock: KCMSocket, /) -> None:
-        self._sockets.pop(sock, None)
+        self._sockets.discard(sock)
 
     def pick_socket(self, stream: AttachedStream | None, message: bytes, /) -> KCMSocket | None:
-        sockets = self._sockets
-        if not sockets:
-            return None
-        sock = next(iter(sockets))
-        sockets.move_to_end(sock)
-        return sock
+        return self._sockets.take()
 
     def stream_added(self, stream: AttachedStream, /) -> None:
-        self._streams[stream] = None
+        self._streams.add(stream)
 
     def stream_removed(self, stream: AttachedStream, /) -> None:
-        self._streams.pop(stream, None)
+        self._streams.discard(stream)
 
     def pick_stream(
         self, sock: KCMSocket, messages: Sequence[bytes], nbytes: int, /
     ) -> AttachedStream | None:
-        streams = self._streams
-        if not streams:
-            return None
-        stream = next(iter(streams))
-        streams.move_to_end(stream)
-        return stream
+        return self._streams.take()
