@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import trio
 import trio.testing
@@ -123,6 +125,11 @@ async def test_close_timeout_bounds_the_flush_and_counts_drops(autojump_clock: o
     stats = mux.statistics()
     assert stats.tx_dropped == 2
     assert stats.tx_msgs == 0
+    # The write that was cut short is reported, its messages in doubt.
+    errors = [err async for err in mux.errors()]
+    assert [e.errno for e in errors] == [errno.EPIPE]
+    assert errors[0].in_doubt[0] == frame(b"stuck")
+    assert set(errors[0].in_doubt) <= {frame(b"stuck"), frame(b"behind it")}
 
 
 async def test_closing_counts_undelivered_messages() -> None:

@@ -1032,7 +1032,14 @@ class Mux:
                 dropped,
                 undelivered,
             )
-        for stream in list(self._streams):
+        # A write cut short by closing is reported like any failed write: its
+        # messages are in doubt.  Nothing is re-dispatched: no stream is left.
+        streams = list(self._streams)
+        for stream in streams:
+            self._remove_tx_candidate(stream)
+        for stream in streams:
+            if stream._inflight:
+                self._fail(stream, _errno.EPIPE, "the mux closed during a write")
             stream._scope.cancel()
 
     def _finish(self) -> None:
