@@ -196,3 +196,66 @@ async def test_arguments_are_checked() -> None:
     with pytest.raises(trio_kcm.PolicyLoadError, match="no-such-policy"):
         async with trio_kcm.open_mux(parser=P, policy="no-such-policy"):
             pass
+
+
+async def test_reservation_counters_follow_bursts() -> None:
+    async with trio_kcm.open_mux(parser=P) as mux:
+        ours, peer = trio.testing.lockstep_stream_pair()
+        handle = mux.attach(ours)
+        sock = mux.socket()
+        reader = PeerReader(peer)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.read_frames, 3)
+            await sock.send(frame(b"1"))  # a burst starts: reserved
+            await sock.send(frame(b"2"))
+            await sock.send(frame(b"3"))
+        await trio.testing.wait_all_tasks_blocked()
+        s = handle.statistics()
+        assert s.tx_msgs == 3
+        assert s.reserved >= 1
+        assert s.reserved == s.unreserved  # every burst ended
+        other = sock.clone()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.read_frames, 1)
+            await other.send(frame(b"4"))
+        await trio.testing.wait_all_tasks_blocked()
+        t = handle.statistics()
+        assert t.reserved == t.unreserved == s.reserved + 1
+
+
+async def test_socket_buffer_sizes_and_clone() -> None:
+    async with trio_kcm.open_mux(parser=P, receive_buffer_size=1000, send_buffer_size=2000) as mux:
+        plain = mux.socket()
+        assert (plain.receive_buffer_size, plain.send_buffer_size) == (1000, 2000)
+        custom = mux.socket(receive_buffer_size=10, send_buffer_size=20)
+        twin = custom.clone()
+        assert (twin.receive_buffer_size, twin.send_buffer_size) == (10, 20)
+        assert twin.mux is mux and twin is not custom
+        assert sorted(s.index for s in mux.sockets) == [0, 1, 2]
+        await custom.aclose()
+        assert mux.socket().index == 1  # the lowest free number, as in the kernel
+        with pytest.raises(ValueError):
+            mux.socket(receive_buffer_size=0)
+
+
+async def test_many_streams_one_socket_exactly_once() -> None:
+    async with trio_kcm.open_mux(parser=P) as mux:
+        sock = mux.socket()
+        peers = []
+        for _ in range(8):
+            ours, peer = trio.testing.memory_stream_pair()
+            mux.attach(ours)
+            peers.append(peer)
+        sent = []
+        async with trio.open_nursery() as nursery:
+            for n, peer in enumerate(peers):
+                messages = [frame(b"%d-%d" % (n, i)) for i in range(200)]
+                sent.extend(messages)
+                nursery.start_soon(peer.send_all, b"".join(messages))
+        got: list[bytes] = []
+        while len(got) < len(sent):
+            got.extend(await sock.receive_many(1000))
+        assert sorted(got) == sorted(sent)
+        for n in range(8):  # one stream's messages keep their order on one socket
+            mine = [m for m in got if m[4:].startswith(b"%d-" % n)]
+            assert mine == [frame(b"%d-%d" % (n, i)) for i in range(200)]
