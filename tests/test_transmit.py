@@ -262,3 +262,19 @@ async def test_no_partial_frame_when_senders_are_cancelled(autojump_clock: objec
         with trio.move_on_after(1) as cs:
             await peer.receive_some(100)
         assert cs.cancelled_caught  # and nothing else follows
+
+
+async def test_validation_recovers_after_a_refused_message() -> None:
+    # Outgoing checks share one assembler: a refusal must leave no state behind.
+    async with trio_kcm.open_mux(parser=trio_kcm.Delimited(b"\n")) as mux:
+        ours, peer = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        sock = mux.socket()
+        with pytest.raises(trio_kcm.BadMessage, match="incomplete"):
+            await sock.send(b"no newline")
+        with pytest.raises(trio_kcm.BadMessage, match="incomplete"):
+            await sock.send(b"one\ntwo")
+        await sock.send(b"fine\n")
+        await sock.send(b"a\nb\n")
+        await trio.testing.wait_all_tasks_blocked()
+        assert await peer.receive_some(100) == b"fine\na\nb\n"

@@ -249,5 +249,5 @@ class Assembler:
         partial = bytes(view[pos:])
         self._head = bytearray()
         self._body = []
-        self._have = self._need = 0
+        self._have = self._need = self._watermark = 0
         return AssemblyError(errno, message, messages=out, partial=partial)

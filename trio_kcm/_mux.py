@@ -40,7 +40,7 @@ import outcome
 import trio
 import trio_util
 
-from ._assembler import AssemblyError
+from ._assembler import Assembler, AssemblyError
 from ._errors import BadMessage, StreamError
 from ._parsers import Parser, ParserLike, as_parser
 from ._policy import Policy, resolve_policy
@@ -117,9 +117,7 @@ class Mux:
         validate: bool,
     ) -> None:
         self._parser = parser
-        self._min_length = getattr(parser, "header_size", 1)
-        if not isinstance(self._min_length, int) or self._min_length < 1:
-            self._min_length = 1
+        self._validator = Assembler(parser, max_message_size)
         self._rx_policy = rx_policy
         self._tx_policy = tx_policy
         self._socket_type = socket_type
@@ -431,34 +429,22 @@ class Mux:
         return prepared, sum(map(len, prepared))
 
     def _check_outgoing(self, message: bytes) -> None:
-        """Refuse a message that is not a sequence of complete messages."""
-        parse = self._parser.message_length
-        n = len(message)
-        view = memoryview(message)
-        pos = 0
+        """Refuse a message that is not a sequence of complete messages.
+
+        The same assembler rules as for incoming bytes, so what a peer would
+        refuse is refused here, before a byte of it is written.
+        """
+        validator = self._validator
         try:
-            while pos < n:
-                try:
-                    length = parse(view[pos:] if pos else view)
-                except BadMessage:
-                    raise
-                except Exception as exc:
-                    raise BadMessage(f"the parser raised {type(exc).__name__}: {exc}") from exc
-                if type(length) is not int or length < self._min_length:
-                    if length == 0:
-                        raise BadMessage(
-                            f"incomplete message: the parser needs more than the {n - pos} bytes"
-                            f" at offset {pos}"
-                        )
-                    raise BadMessage(f"the parser returned an impossible length {length!r}")
-                if pos + length > n:
-                    raise BadMessage(
-                        f"incomplete message: the header at offset {pos} announces {length} bytes,"
-                        f" {n - pos} are there"
-                    )
-                pos += length
-        finally:
-            view.release()
+            validator.feed(message)
+        except AssemblyError as exc:
+            raise BadMessage(f"not a valid message: {exc}") from (exc.__cause__ or exc)
+        if validator.partial_size:
+            left = validator.take_partial()
+            raise BadMessage(
+                f"incomplete message: {len(left)} bytes at offset {len(message) - len(left)}"
+                " do not make a whole message"
+            )
 
     def _try_send(self, sock: KCMSocket, messages: list[bytes], nbytes: int) -> bool:
         """Accept a group now if the buffer allows; False if the sender must wait."""
