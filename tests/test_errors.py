@@ -241,3 +241,41 @@ async def test_errors_iteration_ends_after_the_mux_closes() -> None:
             await peer.send_stream.aclose()
             await trio.testing.wait_all_tasks_blocked()
     assert seen == [errno.EPIPE]
+
+
+async def test_a_read_that_completes_as_the_deadline_passes_is_used(
+    autojump_clock: object,
+) -> None:
+    # A read can complete in the same instant its deadline passes (trio hands a
+    # finished operation's result back): its bytes must not vanish.
+    message = frame(b"just in time")
+
+    class Late(trio.abc.Stream):
+        def __init__(self) -> None:
+            self.reads = [message[:6], message[6:]]
+
+        async def receive_some(self, max_bytes: int | None = None) -> bytes:
+            if not self.reads:
+                await trio.sleep_forever()
+            if len(self.reads) == 1:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(5)  # past the deadline; not cancellable
+            else:
+                await trio.lowlevel.checkpoint()
+            return self.reads.pop(0)
+
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+            await trio.sleep_forever()  # pragma: no cover
+
+        async def wait_send_all_might_not_block(self) -> None:
+            await trio.sleep_forever()  # pragma: no cover
+
+        async def aclose(self) -> None:
+            await trio.lowlevel.checkpoint()
+
+    async with trio_kcm.open_mux(parser=P, assembly_timeout=2) as mux:
+        handle = mux.attach(Late())
+        sock = mux.socket()
+        assert await sock.receive() == message
+        assert handle.state == "active"
+        assert handle.statistics().rx_msg_timeouts == 0

@@ -259,3 +259,133 @@ async def test_many_streams_one_socket_exactly_once() -> None:
         for n in range(8):  # one stream's messages keep their order on one socket
             mine = [m for m in got if m[4:].startswith(b"%d-" % n)]
             assert mine == [frame(b"%d-%d" % (n, i)) for i in range(200)]
+
+
+class _Stuck(trio.abc.Stream):
+    """A stream nobody writes to; closing it may raise, and a cancelled read
+    may take a while to give up (until ``release`` is set)."""
+
+    def __init__(self, *, aclose_raises: bool = False, slow_cancel: bool = False) -> None:
+        self.aclose_raises = aclose_raises
+        self.slow_cancel = slow_cancel
+        self.release = trio.Event()
+        self.closed = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            await trio.sleep_forever()
+        finally:
+            if self.slow_cancel:
+                with trio.CancelScope(shield=True):
+                    await self.release.wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep_forever()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()  # pragma: no cover
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await trio.lowlevel.checkpoint()
+        if self.aclose_raises:
+            raise trio.BrokenResourceError("close failed")
+
+
+async def test_a_stream_that_fails_to_close_does_not_stop_the_others() -> None:
+    bad = _Stuck(aclose_raises=True)
+    good = _Stuck()
+    async with trio_kcm.open_mux(parser=P) as mux:
+        mux.attach(bad)
+        mux.attach(good)
+    assert bad.closed and good.closed
+    assert mux.statistics().streams == 0
+
+
+async def test_unattach_after_the_mux_closed_is_refused() -> None:
+    stream = _Stuck()
+    async with trio_kcm.open_mux(parser=P) as mux:
+        handle = mux.attach(stream)
+    assert stream.closed
+    with pytest.raises(trio.ClosedResourceError):
+        await mux.unattach(handle)
+
+
+async def test_unattach_cancelled_with_no_write_in_flight_completes() -> None:
+    stream = _Stuck(slow_cancel=True)
+    got: list[trio.abc.Stream] = []
+    async with trio_kcm.open_mux(parser=P) as mux, trio.open_nursery() as nursery:
+        handle = mux.attach(stream)
+        scope = trio.CancelScope()
+
+        async def unattach() -> None:
+            with scope:
+                got.append(await mux.unattach(handle))
+
+        nursery.start_soon(unattach)
+        await trio.testing.wait_all_tasks_blocked()  # it waits for the reader to stop
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        stream.release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        # Nothing was being written: the cancel cannot leave it half done.
+        assert got == [stream]
+        assert handle.state == "unattached"
+        assert mux.statistics().stream_errors == 0
+    assert not stream.closed  # handed back: the application's now
+
+
+async def test_unattach_cancelled_before_it_starts_does_nothing() -> None:
+    async with trio_kcm.open_mux(parser=P) as mux:
+        handle = mux.attach(_Stuck())
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await mux.unattach(handle)
+        assert handle.state == "active"
+        assert handle in mux.streams
+
+
+async def test_a_stream_whose_task_died_is_closed_when_the_mux_exits() -> None:
+    class Broken(trio_kcm.Policy):
+        def pick_socket(
+            self, stream: trio_kcm.AttachedStream | None, message: bytes
+        ) -> trio_kcm.KCMSocket | None:
+            raise KeyError("policy bug")
+
+    ours, peer = trio.testing.memory_stream_pair()
+    with pytest.RaisesGroup(pytest.RaisesExc(KeyError, match="policy bug"), flatten_subgroups=True):
+        async with trio_kcm.open_mux(parser=P, rx_policy=Broken(), tx_policy="round-robin") as mux:
+            mux.attach(ours)
+            mux.socket()
+            await peer.send_all(frame(b"boom"))
+            await trio.sleep_forever()
+    assert await peer.receive_some(10) == b""  # the mux closed it
+    assert mux.statistics().streams == 0
+
+
+@pytest.mark.parametrize("auto_close", [True, False])
+async def test_waiting_errors_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, auto_close: bool
+) -> None:
+    import trio_kcm._mux
+
+    monkeypatch.setattr(trio_kcm._mux, "ERROR_BACKLOG", 4)
+    handles = []
+    async with trio_kcm.open_mux(parser=P, auto_close=auto_close) as mux:
+        for _ in range(10):
+            ours, peer = trio.testing.memory_stream_pair()
+            handles.append(mux.attach(ours))
+            await peer.send_stream.aclose()  # EOF: it fails
+            await trio.testing.wait_all_tasks_blocked()
+        stats = mux.statistics()
+    errors = [err async for err in mux.errors()]
+    if auto_close:
+        # Streams that are gone: only the newest errors wait, the rest are counted.
+        assert stats.errors_dropped == 6
+        assert [e.stream for e in errors] == handles[6:]
+    else:
+        # Still attached (failed): their errors are never dropped.
+        assert stats.errors_dropped == 0
+        assert [e.stream for e in errors] == handles
+    assert stats.stream_errors == 10

@@ -278,3 +278,96 @@ async def test_validation_recovers_after_a_refused_message() -> None:
         await sock.send(b"a\nb\n")
         await trio.testing.wait_all_tasks_blocked()
         assert await peer.receive_some(100) == b"fine\na\nb\n"
+
+
+async def test_messages_are_bytes_like_objects_only() -> None:
+    async with trio_kcm.open_mux(parser=P, max_message_size=64) as mux:
+        sock = mux.socket()
+        with pytest.raises(TypeError):
+            sock.send_nowait(12)  # type: ignore[arg-type]  # bytes(12) would be 12 zeros
+        with pytest.raises(TypeError):
+            sock.send_nowait("text")  # type: ignore[arg-type]
+        with pytest.raises(OSError) as info:
+            sock.send_nowait(memoryview(bytearray(frame(b"x" * 100))))
+        assert info.value.errno == errno.EMSGSIZE
+        sock.send_nowait(memoryview(frame(b"ok")))
+        sock.send_nowait(bytearray(frame(b"ok")))
+        assert sock.statistics().tx_queued_msgs == 2
+
+
+async def test_a_closed_socket_refuses_even_nothing() -> None:
+    async with trio_kcm.open_mux(parser=P) as mux:
+        sock = mux.socket()
+        await sock.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await sock.send_many([])
+        with pytest.raises(trio.ClosedResourceError):
+            sock.send_many_nowait([])
+        with pytest.raises(trio.ClosedResourceError):
+            sock.clone()
+
+
+async def test_each_waiting_task_gets_its_own_closed_error() -> None:
+    errors: list[BaseException] = []
+    async with trio_kcm.open_mux(parser=P) as mux, trio.open_nursery() as nursery:
+        sock = mux.socket()
+
+        async def receive() -> None:
+            try:
+                await sock.receive()
+            except trio.ClosedResourceError as exc:
+                errors.append(exc)
+
+        for _ in range(2):
+            nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        await sock.aclose()
+    assert len(errors) == 2
+    assert errors[0] is not errors[1]
+
+
+class _FailLater(trio.abc.Stream):
+    """Its first write blocks until ``cut`` is set, then fails."""
+
+    def __init__(self) -> None:
+        self.cut = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.cut.wait()
+        raise trio.BrokenResourceError("wire cut")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_without_retry_in_doubt_a_socket_keeps_its_order() -> None:
+    # m1 is being written on A, m2 waits behind it on A, m3's sender waits for
+    # buffer space.  A fails: m1 is given up (in doubt), which frees space for
+    # m3 -- yet m2 was accepted first, so it must go out before m3.
+    m1, m2, m3 = frame(b"one"), frame(b"two"), frame(b"six")
+    failing = _FailLater()
+    async with (
+        trio_kcm.open_mux(parser=P, retry_in_doubt=False) as mux,
+        trio.open_nursery() as nursery,
+    ):
+        sock = mux.socket(send_buffer_size=2 * len(m1))
+        mux.attach(failing)
+        sock.send_nowait(m1)
+        await trio.testing.wait_all_tasks_blocked()  # m1's write has started
+        sock.send_nowait(m2)
+        nursery.start_soon(sock.send, m3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sock.statistics().tx_queued_msgs == 2  # m3 waits for space
+        ours, peer = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        failing.cut.set()
+        err = await anext(mux.errors())
+        assert err.in_doubt == (m1,)
+        assert await PeerReader(peer).read_frames(2) == [m2, m3]

@@ -60,6 +60,9 @@ logger.addHandler(logging.NullHandler())
 READ_SIZE = 65536
 #: The writer joins queued groups into one write up to about this many bytes.
 WRITE_COALESCE = 256 * 1024
+#: Errors of streams no longer attached that may wait for a monitor; beyond
+#: it the oldest are dropped (errors of attached streams are always kept).
+ERROR_BACKLOG = 1024
 
 _ACTIVE = StreamState.ACTIVE
 _FAILED = StreamState.FAILED
@@ -161,6 +164,7 @@ class Mux:
         self._psock_attach = 0
         self._psock_unattach = 0
         self._stream_errors = 0
+        self._errors_dropped = 0
 
     # ------------------------------------------------------------------------
     # public API
@@ -303,21 +307,27 @@ class Mux:
 
         For a failed stream (it stays ``"failed"``): it waits for the stream's
         tasks to end and hands it back -- already closed if the mux closed it
-        (``auto_close=True``).
+        (``auto_close=True``).  Unattaching a failed stream is not an error.
 
         If this is cancelled while a write is in progress, the stream is failed
         (``EPIPE``; the write's messages are in doubt) and the cancellation
-        propagates.
+        propagates: the stream stays attached, as ``"failed"``, for the mux (or
+        a later :meth:`unattach`) to close.  With no write in progress there is
+        nothing to wait for, and the unattach completes.
 
         Raises:
           ValueError: ``handle`` is not attached to this mux (any more).
           trio.BusyResourceError: Another task is unattaching it.
+          trio.ClosedResourceError: The mux has closed (and closed its streams).
 
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         if handle._mux is not self:
             raise ValueError(f"{handle!r} is not attached to this mux")
         if handle._state is StreamState.UNATTACHED:
             raise ValueError(f"{handle!r} was already unattached")
+        if self._finished:
+            raise trio.ClosedResourceError("the mux is closed: it closed its streams")
         if handle._state is _ACTIVE:
             if handle._unattaching:
                 raise trio.BusyResourceError(f"{handle!r} is already being unattached")
@@ -330,11 +340,19 @@ class Mux:
                 raise
             handle._reader_scope.cancel()
             handle._writer_lot.unpark_all()
-            try:
-                await handle._done.wait()
-            except trio.Cancelled:
-                self._fail(handle, _errno.EPIPE, "unattach was cancelled during a write")
-                raise
+            if handle._inflight is None:
+                # No write to wait for: the tasks end at their next checkpoint.
+                with trio.CancelScope(shield=True):
+                    await handle._done.wait()
+            else:
+                try:
+                    await handle._done.wait()
+                except trio.Cancelled:
+                    try:
+                        self._fail(handle, _errno.EPIPE, "unattach was cancelled during a write")
+                    except BaseException as exc:
+                        self._crash(exc)
+                    raise
             if handle._state is _ACTIVE:
                 handle._state = StreamState.UNATTACHED
                 handle._unread = handle._assembler.take_partial()
@@ -354,8 +372,12 @@ class Mux:
         """Iterate over stream failures: the monitoring task's feed.
 
         Each :class:`StreamError` is taken once: with several monitors, each
-        error goes to one of them.  Errors wait in the mux until taken (at most
-        one per stream), so a monitor that starts late sees every one.
+        error goes to one of them.  Errors wait in the mux until taken (one per
+        failed stream), so a monitor that starts late sees every one -- with
+        one bound, so that memory stays bounded with no monitor: beyond 1,024
+        waiting errors of streams no longer attached (closed by
+        ``auto_close``), the oldest are dropped and counted in
+        :attr:`MuxStatistics.errors_dropped`.
         Iteration ends when the mux has closed and every error was taken.  The
         iterator needs no closing.
 
@@ -383,6 +405,7 @@ class Mux:
             streams=len(self._streams),
             sockets=len(self._sockets),
             stream_errors=self._stream_errors,
+            errors_dropped=self._errors_dropped,
         )
 
     def __repr__(self) -> str:
@@ -406,11 +429,16 @@ class Mux:
     # transmit: accepting
 
     def _prepare(self, message: bytes) -> bytes:
-        if type(message) is not bytes:
+        if type(message) is bytes:
+            n = len(message)
+        else:
             if isinstance(message, str):
                 raise TypeError("messages are bytes, not str")
-            message = bytes(message)
-        n = len(message)
+            # memoryview: only the buffer protocol (bytes(12) would be 12 zeros).
+            view = memoryview(message)
+            n = view.nbytes
+            if n <= self._max_message_size:
+                message = view.tobytes()
         if n > self._max_message_size:
             raise OSError(
                 _errno.EMSGSIZE,
@@ -805,12 +833,11 @@ class Mux:
         sock._closed = True
         self._sockets.pop(sock, None)
         self._socket_indices.discard(sock._index)
-        closed = trio.ClosedResourceError("the KCM socket was closed")
         while sock._rx_waiters:
-            trio.lowlevel.reschedule(sock._rx_waiters.popleft(), _error(closed))
+            trio.lowlevel.reschedule(sock._rx_waiters.popleft(), _closed_error())
         while sock._tx_waiters:
             task, _ = sock._tx_waiters.popitem(last=False)
-            trio.lowlevel.reschedule(task, _error(closed))
+            trio.lowlevel.reschedule(task, _closed_error())
         try:
             # Accepted messages still go out, batches included.
             for batch in list(sock._batches.values()):
@@ -836,15 +863,16 @@ class Mux:
                     if done < len(held):
                         stream._held = held[done:]
                         await self._pause(stream)
+                        if stream._state is not _ACTIVE:
+                            return
                         continue
                 try:
                     if timeout is None or stream._deadline == math.inf:
                         data = await transport.receive_some(READ_SIZE)
                     else:
-                        with trio.move_on_at(stream._deadline):
+                        with trio.move_on_at(stream._deadline) as deadline_scope:
                             data = await transport.receive_some(READ_SIZE)
-                            # (the deadline is only checked below)
-                        if trio.current_time() >= stream._deadline:
+                        if deadline_scope.cancelled_caught:
                             stream._rx_msg_timeouts += 1
                             self._fail(
                                 stream,
@@ -854,6 +882,11 @@ class Mux:
                             return
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self._fail(stream, _errno.EPIPE, f"read failed: {exc!r}", cause=exc)
+                    return
+                if stream._state is not _ACTIVE:
+                    # Another task failed the stream while this read completed:
+                    # its partial message was already reported, and these bytes
+                    # may start mid-message.  They are not parsed.
                     return
                 if not data:
                     self._fail(stream, _errno.EPIPE, "end of stream (the peer closed it)")
@@ -919,14 +952,23 @@ class Mux:
                 close = self._auto_close or closing
             else:
                 close = closing and not stream._unattaching
-            if close and not stream._released:
-                self._release_stream(stream)
-                with trio.CancelScope(shield=True):
-                    if stream._state is _ACTIVE and self._graceful:
-                        with trio.move_on_after(self._close_timeout):
-                            await stream._stream.aclose()
-                    await trio.aclose_forcefully(stream._stream)
-            stream._done.set()
+            try:
+                if close and not stream._released:
+                    self._release_stream(stream)
+                    await self._close_stream(stream, graceful=self._graceful)
+            finally:
+                stream._done.set()
+
+    async def _close_stream(self, stream: AttachedStream, *, graceful: bool) -> None:
+        """Close a stream the mux owns; a failure to close is logged, not raised."""
+        with trio.CancelScope(shield=True):
+            try:
+                if stream._state is _ACTIVE and graceful:
+                    with trio.move_on_after(self._close_timeout):
+                        await stream._stream.aclose()
+                await trio.aclose_forcefully(stream._stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                logger.warning("closing %r failed: %r", stream, exc)
 
     def _release_stream(self, stream: AttachedStream) -> None:
         if not stream._released:
@@ -938,6 +980,8 @@ class Mux:
             self._psock_unattach += 1
             if self._tx_progress is not None:
                 self._tx_progress.set()
+            if len(self._errors) > ERROR_BACKLOG and not self._finished:
+                self._trim_errors()
 
     def _fail(
         self,
@@ -964,10 +1008,12 @@ class Mux:
         in_doubt = tuple(m for g in inflight for m in g.messages)
         retry = self._take_pending(stream)
         if self._retry_in_doubt:
-            retry = inflight + retry
+            self._requeue_tx(inflight + retry)
         else:
+            # Requeue first: space freed by giving up wakes senders, whose
+            # messages must queue behind the retried ones.
+            self._requeue_tx(retry)
             self._give_up_tx(inflight)
-        self._requeue_tx(retry)
         if partial is None:
             partial = stream._assembler.take_partial()
         self._hold_messages(stream)
@@ -979,10 +1025,31 @@ class Mux:
             in_doubt=in_doubt,
         )
         error.__cause__ = cause
-        self._errors.append(error)
-        self._error_lot.unpark()
+        self._post(error)
         stream._scope.cancel()
         logger.warning("%r failed: %s", stream, error)
+
+    def _post(self, error: StreamError) -> None:
+        self._errors.append(error)
+        self._trim_errors()
+        self._error_lot.unpark()
+
+    def _trim_errors(self) -> None:
+        """With nobody monitoring, keep memory bounded under stream churn.
+
+        At most one error per attached stream, plus ERROR_BACKLOG errors of
+        streams that are gone: beyond that the oldest of those are dropped
+        (each was logged when it happened).
+        """
+        errors = self._errors
+        while len(errors) > ERROR_BACKLOG + len(self._streams):
+            for i, old in enumerate(errors):
+                if old.stream._released:
+                    del errors[i]
+                    self._errors_dropped += 1
+                    break
+            else:  # pragma: no cover - one error per attached stream at most
+                return
 
     # ------------------------------------------------------------------------
     # closing
@@ -1028,15 +1095,27 @@ class Mux:
                 self._fail(stream, _errno.EPIPE, "the mux closed during a write")
             stream._scope.cancel()
 
-    def _finish(self) -> None:
+    async def _finish(self) -> None:
+        """All tasks are done: close the streams still attached, end the feeds.
+
+        Left are failed streams nobody unattached (``auto_close=False``) and
+        streams whose task died with a policy bug: the mux owns them until
+        unattach, so it closes them.
+        """
         self._finished = True
-        for stream in list(self._streams):  # only if the mux died mid-way
-            self._release_stream(stream)
-        self._error_lot.unpark_all()
+        self._closed = True
+        try:
+            for stream in list(self._streams):
+                self._release_stream(stream)
+                await self._close_stream(stream, graceful=False)
+                stream._done.set()
+        finally:
+            self._error_lot.unpark_all()
 
 
-def _error(exc: BaseException) -> outcome.Error:
-    return outcome.Error(exc)
+def _closed_error() -> outcome.Error:
+    # A new exception for each task: a raised exception collects its traceback.
+    return outcome.Error(trio.ClosedResourceError("the KCM socket was closed"))
 
 
 @final
@@ -1193,7 +1272,7 @@ async def open_mux(
         else:
             raise
     finally:
-        mux._finish()
+        await mux._finish()
     if unwrap:
         assert body_exc is not None
         raise body_exc

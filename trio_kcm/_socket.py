@@ -143,7 +143,13 @@ class KCMSocket:
 
         The kernel's ``SIOCKCMCLONE``.  The new socket is independent: closing
         one does not close the other.
+
+        Raises:
+          trio.ClosedResourceError: This socket or the mux is closed.
+
         """
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
         return self._mux.socket(receive_buffer_size=self._rx_limit, send_buffer_size=self._tx_limit)
 
     # -- sending --------------------------------------------------------------
@@ -199,7 +205,11 @@ class KCMSocket:
     def send_many_nowait(self, messages: Iterable[bytes]) -> None:
         """:meth:`send_many`, or :exc:`trio.WouldBlock` if the buffer is full."""
         batch, nbytes = self._mux._prepare_many(messages)
-        if batch and not self._mux._try_send(self, batch, nbytes):
+        if not batch:
+            if self._closed:
+                raise trio.ClosedResourceError("the KCM socket is closed")
+            return
+        if not self._mux._try_send(self, batch, nbytes):
             raise trio.WouldBlock
 
     async def send_many(self, messages: Iterable[bytes]) -> None:
@@ -207,7 +217,7 @@ class KCMSocket:
 
         They are all checked first, then accepted together (all or none), and
         go out on one stream, in one write where possible.  An empty iterable
-        is a checkpoint and nothing else.
+        is a checkpoint and nothing else (on an open socket).
 
         Raises:
           The same as :meth:`send`, for any of the messages.
@@ -215,6 +225,8 @@ class KCMSocket:
         """
         batch, nbytes = self._mux._prepare_many(messages)
         await trio.lowlevel.checkpoint_if_cancelled()
+        if not batch and self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
         if not batch or self._mux._try_send(self, batch, nbytes):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return

@@ -17,7 +17,8 @@ class StreamState(str, enum.Enum):
     It is a :class:`str` enum: ``StreamState.ACTIVE == "active"``.
     """
 
-    #: Attached and in use for both directions.
+    #: Attached and in use for both directions.  A stream the mux closed
+    #: when it closed keeps this state (its statistics are final then).
     ACTIVE = "active"
     #: It failed (see :class:`StreamError`); it stays ``"failed"`` after the
     #: mux or the application unattached or closed it.
@@ -120,3 +121,7 @@ class MuxStatistics:
     sockets: int
     #: Stream failures, ever.
     stream_errors: int
+    #: Errors dropped untaken: beyond 1,024 waiting errors of streams that are
+    #: no longer attached (closed by ``auto_close``), the oldest go (each was
+    #: logged when it happened).
+    errors_dropped: int
