@@ -38,7 +38,7 @@ def tests(session: nox.Session) -> None:
     """The test suite on each supported Python (an absent one is skipped)."""
     if not _have(str(session.python)):
         session.skip(f"python{session.python} is not installed on this machine")
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", "./policies")
     session.run("pytest", *session.posargs)
 
 
@@ -52,7 +52,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the packages (trio_kcm and the policies distribution)."""
     # exceptiongroup: mypy checks the Python 3.10 branch, which imports it.
-    session.install("-e", ".", "mypy>=1.10", "exceptiongroup>=1.2")
-    session.run("mypy", "--strict", "trio_kcm")
+    session.install("-e", ".[cli,plot]", "./policies", "mypy>=1.10", "exceptiongroup>=1.2")
+    session.run("mypy", "--strict", "trio_kcm", "policies/trio_kcm_policies")
