@@ -126,3 +126,13 @@ def test_trio_kcm_policies_lists_it(installed: pathlib.Path) -> None:
     line = next(line for line in result.stdout.splitlines() if "random" in line.split())
     assert "kcm-random-policy" in line
     assert "A random socket for each message" in result.stdout
+
+
+def test_the_protocol_table_lists_every_method_of_policy() -> None:
+    documented = set(re.findall(r"^\| `(\w+)\(", DOC.read_text(), flags=re.MULTILINE))
+    methods = {
+        name
+        for name, value in vars(trio_kcm.Policy).items()
+        if callable(value) and not name.startswith("_")
+    }
+    assert documented == methods
