@@ -1,6 +1,7 @@
 """nox sessions: tests, lint, typecheck.
 
 Run ``nox -s tests`` (every supported Python found on this machine),
+``nox -s docs``,
 ``nox -s lint``, ``nox -s typecheck``.
 """
 
@@ -12,7 +13,7 @@ import shutil
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
@@ -56,3 +57,10 @@ def typecheck(session: nox.Session) -> None:
     # exceptiongroup: mypy checks the Python 3.10 branch, which imports it.
     session.install("-e", ".[cli,plot]", "./policies", "mypy>=1.10", "exceptiongroup>=1.2")
     session.run("mypy", "--strict", "trio_kcm", "policies/trio_kcm_policies")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx documentation, warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
