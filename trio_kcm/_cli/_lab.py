@@ -1,14 +1,440 @@
-"""``trio-kcm lab``: not written yet."""
+"""``trio-kcm lab``: compare load-balancing policies under a workload.
+
+``M`` streams carry requests from a peer to a mux with ``N`` worker sockets;
+the policy under test steers each request to a worker (receive side) and each
+reply to a stream (transmit side); every worker serves its socket's queue in
+order, one request at a time, for a service time drawn from a distribution.
+For each policy the lab reports throughput, latency percentiles, each
+worker's share of the requests and Jain's fairness index over those shares.
+
+By default it runs in virtual time (:mod:`._lab_engine`), so a run is fast and
+reproducible for a seed; ``--real`` runs the same workload over loopback TCP.
+Modules: ``_lab_workload`` (options -> workload), ``_lab_engine`` (the runs),
+``_lab_stats`` (the numbers), ``_lab_report`` (table, JSON, plot).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
+
+from .._errors import PolicyLoadError
+from .._policy import available_policies
+from . import _lab_workload as wl
+
+__all__ = ["add_parser", "run"]
+
+PROG = "trio-kcm lab"
+
+#: Defaults.
+STREAMS = 4
+WORKERS = 8
+SERVICE = "exp:1ms,x10"
+LOAD = 0.75
+SIZE = 64
+DURATION_VIRTUAL = 2.0
+DURATION_REAL = 1.0
+SEED = 1
+MAX_STREAMS = 4096
+MAX_WORKERS = 4096
+
+DESCRIPTION = """\
+Compare load-balancing policies under a workload: M streams (client
+connections) carry framed requests into a mux with N worker sockets.  The
+policy picks a worker for each request and a stream for each reply; each
+worker serves its queue in order for a service time drawn from --service.
+For each policy: throughput, latency p50/p99/p99.9 (request written by the
+peer -> whole reply read back: queueing plus service), each worker's share
+of the requests, and Jain's fairness index over the shares (Jain/cap: over
+the shares relative to each worker's speed; 1.0 = load in proportion to it).
+
+Runs in virtual time (trio's MockClock, one driver task, the real mux and
+policies): fast, and the same seed gives the same numbers in any process.
+--real runs it over loopback TCP in real time instead (short; not
+reproducible)."""
+
+EPILOG = f"""\
+service times (--service KIND:MEAN[,OPTION...]):
+  const:1ms               every request takes 1 ms
+  exp:1ms                 exponential, mean 1 ms
+  pareto:1ms,alpha=1.5    Pareto, mean 1 ms, shape alpha > 1 (heavy tail)
+  lognormal:1ms,sigma=1   lognormal, mean 1 ms, shape sigma (heavy tail)
+  slow:1ms                exp:1ms with worker 0 ten times slower
+  ...,x10                 one worker (worker 0) ten times slower, any KIND
+  ...,x4,slow=2           workers 0 and 1 four times slower
+  times: 1ms, 250us, 0.5s, 2e-3 (bare numbers are seconds)
+
+load (one of):
+  --load 0.75             open loop (Poisson arrivals) at 75% of the workers'
+                          capacity (the default)
+  --rate 5000             open loop at 5000 requests/s over all streams
+  --closed 4              closed loop: each stream keeps 4 requests outstanding
+
+examples:
+  trio-kcm lab                                   # {SERVICE}, load {LOAD}, all policies
+  trio-kcm lab --service pareto:1ms,alpha=1.3 --load 0.6
+  trio-kcm lab --policies round-robin,least-queued --closed 8 --json
+  trio-kcm lab --plot latency.png
+  trio-kcm lab --real --policies least-queued --duration 1s
+
+The run issues requests for --duration (default {DURATION_VIRTUAL:g}s virtual,
+{DURATION_REAL:g}s real) or until --messages requests, whichever comes first,
+then waits for every reply.  msg/s counts the replies within that window;
+backlog is the requests unanswered when it closed.  worker shares: a bar per
+worker (its share of the requests), then the smallest and largest share."""
+
+
+class _LabError(Exception):
+    """A bad combination of arguments: exit status 2."""
+
+
+def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type=`` that reports our own message (exit status 2)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = wl.parse_count(text, what="the value")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be in {lo}..{hi}, not {value}")
+        return value
+
+    return _typed(parse)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"should be a number, not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"must be a number > 0, not {text!r}")
+    return value
+
+
+def _load(text: str) -> float:
+    value = _positive_float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if value > 10:
+        raise ValueError(f"is a fraction of capacity (0.75 or 75%), {text!r} is too much")
+    return value
+
+
+def _size(text: str) -> int:
+    from ._lab_engine import MIN_SIZE
+
+    value = wl.parse_size(text)
+    if not MIN_SIZE <= value <= 1 << 20:
+        raise ValueError(f"must be {MIN_SIZE} bytes .. 1MiB (header included), not {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    value = wl.parse_duration(text, what="the duration")
+    if not value > 0:
+        raise ValueError(f"must be > 0, not {text!r}")
+    return value
+
+
+def _messages(text: str) -> int:
+    value = wl.parse_count(text, what="the message count")
+    if value < 1:
+        raise ValueError(f"must be >= 1, not {text!r}")
+    return value
+
+
+def _policies(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("name at least one policy, e.g. round-robin,least-queued")
+    return list(dict.fromkeys(names))
 
 
 def add_parser(subparsers: Any) -> None:
-    subparsers.add_parser("lab", help="(not written yet)")
+    p = subparsers.add_parser(
+        "lab",
+        help="compare load-balancing policies under a workload (virtual time)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--policies",
+        metavar="A,B,...",
+        type=_typed(_policies),
+        help="the policies to compare, by name (default: every installed one;"
+        " see trio-kcm policies)",
+    )
+    p.add_argument(
+        "-m",
+        "--streams",
+        metavar="M",
+        type=_int_in(1, MAX_STREAMS),
+        default=STREAMS,
+        help=f"streams (client connections) (default {STREAMS})",
+    )
+    p.add_argument(
+        "-n",
+        "--workers",
+        metavar="N",
+        type=_int_in(1, MAX_WORKERS),
+        default=WORKERS,
+        help=f"worker sockets (default {WORKERS})",
+    )
+    p.add_argument(
+        "--service",
+        metavar="SPEC",
+        type=_typed(wl.parse_service),
+        default=SERVICE,
+        help=f"service-time distribution, see below (default {SERVICE})",
+    )
+    load = p.add_mutually_exclusive_group()
+    load.add_argument(
+        "--load",
+        metavar="FRACTION",
+        type=_typed(_load),
+        help=f"open loop at this fraction of the workers' capacity (default {LOAD})",
+    )
+    load.add_argument(
+        "--rate",
+        metavar="REQ/S",
+        type=_typed(_positive_float),
+        help="open loop at this many requests per second (all streams together)",
+    )
+    load.add_argument(
+        "--closed",
+        metavar="K",
+        type=_int_in(1, 1_000_000),
+        help="closed loop: each stream keeps K requests outstanding",
+    )
+    p.add_argument(
+        "--burst",
+        metavar="B",
+        type=_int_in(1, 100_000),
+        default=1,
+        help="open loop: requests arrive B at a time, in one write (default 1)",
+    )
+    p.add_argument(
+        "--size",
+        metavar="BYTES",
+        type=_typed(_size),
+        default=SIZE,
+        help=f"request size, header included (default {SIZE})",
+    )
+    p.add_argument(
+        "--reply-size",
+        metavar="BYTES",
+        type=_typed(_size),
+        help="reply size (default: --size)",
+    )
+    p.add_argument(
+        "--duration",
+        metavar="TIME",
+        type=_typed(_duration),
+        help=f"how long requests are issued (default {DURATION_VIRTUAL:g}s virtual,"
+        f" {DURATION_REAL:g}s with --real)",
+    )
+    p.add_argument(
+        "--messages",
+        metavar="COUNT",
+        type=_typed(_messages),
+        help="stop issuing after this many requests (with --duration: whichever is first)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_int_in(0, 2**63),
+        default=SEED,
+        help=f"random seed: arrivals, service times, seeded policies (default {SEED})",
+    )
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="run over loopback TCP in real time (not reproducible)",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the results as JSON (stable keys)")
+    out.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also draw the latency distributions (CDF and tail) to FILE (needs matplotlib)",
+    )
+
+
+def build_workload(args: argparse.Namespace) -> wl.Workload:
+    """The workload the arguments ask for; :class:`_LabError` if they disagree."""
+    service: wl.ServiceSpec = args.service
+    if service.slow_workers > args.workers:
+        raise _LabError(
+            f"--service {service.text}: {service.slow_workers} slow workers,"
+            f" but only {args.workers} workers"
+        )
+    if args.closed is not None and args.burst != 1:
+        raise _LabError("--burst is for open loop; with --closed, a stream's window is one burst")
+    duration = args.duration
+    if duration is None:
+        if args.messages is not None:
+            duration = math.inf
+        else:
+            duration = DURATION_REAL if args.real else DURATION_VIRTUAL
+    capacity = service.capacity(args.workers)
+    if args.closed is not None:
+        rate = 0.0
+    elif args.rate is not None:
+        rate = args.rate
+    else:
+        rate = (LOAD if args.load is None else args.load) * capacity
+    return wl.Workload(
+        streams=args.streams,
+        workers=args.workers,
+        service=service,
+        rate=rate,
+        closed=args.closed or 0,
+        burst=args.burst,
+        size=args.size,
+        reply_size=args.reply_size or args.size,
+        duration=duration,
+        messages=args.messages,
+        seed=args.seed,
+    )
+
+
+def _check_policies(requested: list[str] | None) -> list[str]:
+    installed = available_policies()
+    if requested is None:
+        if not installed:
+            raise _LabError("no policies are installed (is trio-kcm installed?)")
+        return installed
+    unknown = [n for n in requested if n not in installed]
+    if unknown:
+        s = "y" if len(unknown) == 1 else "ies"
+        raise _LabError(
+            f"unknown polic{s} {', '.join(repr(n) for n in unknown)}"
+            f" (installed: {', '.join(installed) or 'none'})"
+        )
+    return requested
+
+
+def _check_plot(path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise _LabError("--plot needs matplotlib: python -m pip install 'trio-kcm[plot]'") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _LabError(f"--plot {path}: no such directory {folder!r}")
+
+
+def _columns() -> int:
+    try:
+        return int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        return 0
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("trio-kcm lab")
+    from ._lab_engine import make_policy, policy_seed
+
+    try:
+        workload = build_workload(args)
+        names = _check_policies(args.policies)
+        _check_plot(args.plot)
+        for name in names:  # fail early, before any run, on a broken plugin
+            make_policy(name, policy_seed(workload, name))
+    except _LabError as exc:
+        return _fail(str(exc))
+    except PolicyLoadError as exc:
+        return _fail(str(exc))
+    return _run(args, workload, names)
+
+
+def _run(args: argparse.Namespace, workload: wl.Workload, names: list[str]) -> int:
+    from rich.console import Console
+
+    from ._lab_engine import run_real, simulate
+    from ._lab_report import markdown_table, plot, render_table, to_json
+    from ._lab_stats import RunResult, summarize
+
+    engine = "real" if args.real else "virtual"
+    go = run_real if args.real else simulate
+    start = time.perf_counter()
+    # Piped, rich would assume 80 columns: the table needs a few more.
+    console = Console() if sys.stdout.isatty() else Console(width=max(110, _columns()))
+    err = Console(stderr=True)
+    weights = [1.0 / workload.service.factor(j) for j in range(workload.workers)]
+    results: dict[str, RunResult] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    show_progress = not (args.json or args.markdown) and sys.stdout.isatty()
+
+    def one(name: str, progress: Callable[[float], None] | None) -> None:
+        try:
+            result = go(workload, name, progress=progress)
+        except Exception as exc:  # a policy's bug must not hide the others' results
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            err.print(f"[red]{PROG}: policy {name!r} failed:[/red] {errors[name]}", markup=True)
+            return
+        results[name] = result
+        reports[name] = summarize(result, weights)
+
+    if show_progress:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[done]}/{task.total:.0f} policies"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("", total=len(names), done=0)
+            for i, name in enumerate(names):
+                bar.update(task, description=f"{engine}: {name}", completed=i, done=i)
+
+                def update(fraction: float, i: int = i) -> None:
+                    bar.update(task, completed=i + min(max(fraction, 0.0), 1.0))
+
+                one(name, update)
+            bar.update(task, completed=len(names), done=len(names))
+    else:
+        for name in names:
+            one(name, None)
+
+    if args.json:
+        print(to_json(engine, workload, reports, errors))
+    elif args.markdown:
+        print(markdown_table(workload, engine, reports))
+    elif reports:
+        console.print(render_table(workload, engine, reports, time.perf_counter() - start))
+    if args.plot and results:
+        plot(args.plot, workload, engine, results)
+        (err if args.json or args.markdown else console).print(f"wrote {args.plot}")
+    return 1 if errors else 0
