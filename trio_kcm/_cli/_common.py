@@ -61,15 +61,20 @@ def number(
         if value != value or value in (float("inf"), float("-inf")):  # nan, inf
             raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
         if exclusive and value <= minimum:
-            raise argparse.ArgumentTypeError(f"must be more than {minimum:g}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be more than {_plain(minimum)}, not {text}")
         if not exclusive and value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be at least {_plain(minimum)}, not {text}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be at most {_plain(maximum)}, not {text}")
         return value
 
     convert.__name__ = kind.__name__  # argparse names the type in some messages
     return convert
+
+
+def _plain(value: float) -> str:
+    """``8`` and ``1048576`` as such, ``0.5`` as such: a bound in an error message."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 def policy_name(text: str) -> str:
