@@ -17,7 +17,11 @@ The rules, in one place (the kernel's strparser, ``net/strparser/strparser.c``):
    comes).
 4. Bytes past the end of a message start the next one.
 5. A message whose length is known is gathered as a list of chunks and joined
-   once, so a large message costs linear time however it is chunked.
+   once, so a large message costs linear time however it is chunked.  Small
+   chunks are copied into a growing buffer of the assembler's own instead of
+   being kept one object each, so it also costs linear *memory*: a peer that
+   trickles a message a byte per read would otherwise cost ~40 bytes of object
+   overhead per byte (8 MiB announced, 330 MiB held).
 6. A parser with ``resume_message_length(data, seen)`` is asked that instead
    when it already answered ``0`` for the first ``seen`` bytes of the message,
    so a delimiter search goes on where it stopped (linear, not quadratic, for a
@@ -35,6 +39,9 @@ from ._errors import BadMessage
 from ._parsers import Parser
 
 __all__ = ["Assembler", "AssemblyError"]
+
+#: Body chunks shorter than this are copied into a buffer (rule 5).
+SMALL_CHUNK = 4096
 
 
 class AssemblyError(Exception):
@@ -135,8 +142,7 @@ class Assembler:
         if self._need:
             room = self._need - self._have
             if len(data) < room:
-                # Keep no reference to a caller's mutable buffer.
-                self._body.append(data if type(data) is bytes else bytes(data))
+                self._add_to_body(data)
                 self._have += len(data)
                 return out
             self._body.append(data[:room])
@@ -155,6 +161,18 @@ class Assembler:
         else:
             self._split(data, out)
         return out
+
+    def _add_to_body(self, data: bytes | bytearray) -> None:
+        body = self._body
+        if len(data) < SMALL_CHUNK:
+            # Bytearrays in _body are always the assembler's own buffers.
+            if type(body[-1]) is bytearray:
+                body[-1] += data
+            else:
+                body.append(bytearray(data))
+        else:
+            # Keep no reference to a caller's mutable buffer.
+            body.append(data if type(data) is bytes else bytes(data))
 
     def _split(self, buf: bytes | bytearray, out: list[bytes]) -> None:
         parse = self._parse
