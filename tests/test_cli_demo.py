@@ -101,6 +101,16 @@ def test_demo_with_a_policy_per_direction() -> None:
     check_summary(out, sockets=2)
 
 
+def test_demo_live_display() -> None:
+    # --live redraws even without a terminal: escape codes, then the summary.
+    result = demo("--duration", "0.6", "-m", "1", "-n", "2", "--live")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\x1b[" in result.stdout
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout)
+    assert out.count("streams (psocks)") >= 2  # drawn, and redrawn
+    check_summary(out, sockets=2)
+
+
 def test_demo_unknown_policy() -> None:
     result = demo("--policy", "no-such-policy")
     assert result.returncode == 2

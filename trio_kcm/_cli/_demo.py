@@ -228,7 +228,7 @@ class _Run:
             try:
                 await sock.send(self.request(seq))
             except BaseException:
-                # Cancelled before it returned: it was not accepted.
+                # send raised (cancelled, as a rule): the request was not accepted.
                 tally.in_flight.discard(seq)
                 self.window.release()
                 raise
@@ -442,7 +442,7 @@ async def run_demo(
                     with state.drain:
                         state.drain.deadline = trio.current_time() + cfg.drain_timeout
                         await state.outstanding.wait_value(0)
-                    tally.drain_cut = state.drain.cancelled_caught
+                    tally.drain_cut = state.drain.cancelled_caught and bool(tally.in_flight)
                     if tally.drain_cut:
                         tally.finished = trio.current_time()
                     nursery.cancel_scope.cancel()
