@@ -105,7 +105,8 @@ def rows(stdout: str) -> dict[str, list[str]]:
 
 def test_builtins_are_listed_with_their_distribution_and_description() -> None:
     result = policies()
-    assert result.returncode == 0, result.stderr
+    # Other plugins may be installed: the status says whether one of them is broken.
+    assert result.returncode == (1 if "error:" in result.stdout else 0), result.stderr
     assert result.stderr == ""
     assert "\x1b[" not in result.stdout  # no terminal, no escape codes
     table = rows(result.stdout)
@@ -120,8 +121,9 @@ def test_builtins_are_listed_with_their_distribution_and_description() -> None:
 
 def test_json() -> None:
     result = policies("--json")
-    assert result.returncode == 0, result.stderr
     listed: list[dict[str, Any]] = json.loads(result.stdout)
+    assert result.returncode == (0 if all(entry["ok"] for entry in listed) else 1)
+    assert all((entry["error"] is None) == entry["ok"] for entry in listed)
     names = [entry["name"] for entry in listed]
     assert names == sorted(names)
     by_name = {entry["name"]: entry for entry in listed}
@@ -174,7 +176,9 @@ def test_broken_plugins_are_listed_with_their_errors(tmp_path: Path) -> None:
         (line,) = table[name]
         assert "fakeplug 1.0" in line
         assert error in line, line
-    assert "4 broken" in result.stdout
+    broken = sum("error:" in line for lines in table.values() for line in lines)
+    assert broken >= 4  # others may be installed
+    assert f"{broken} broken" in result.stdout
 
 
 def test_broken_plugins_in_json(tmp_path: Path) -> None:
@@ -182,7 +186,7 @@ def test_broken_plugins_in_json(tmp_path: Path) -> None:
     result = policies("--json", path=path)
     assert result.returncode == 1, result.stderr
     by_name = {entry["name"]: entry for entry in json.loads(result.stdout)}
-    assert set(BUILTINS) | set(BROKEN) == set(by_name)
+    assert set(BUILTINS) | set(BROKEN) <= set(by_name)  # others may be installed
     for name in BUILTINS:
         assert by_name[name]["ok"] is True
     assert by_name["sticky"]["ok"] is True
@@ -203,7 +207,7 @@ def test_a_name_registered_twice(
     # depends on sys.path; the other one must say it is shadowed by it.
     monkeypatch.syspath_prepend(str(plugin(tmp_path, "shadower", {"round-robin": "{mod}:Sticky"})))
     try:
-        assert main(["policies"]) == 0
+        assert main(["policies"]) in (0, 1)  # 1 if some other installed plugin is broken
         lines = rows(capsys.readouterr().out)["round-robin"]
         assert len(lines) == 2
         (loaded,) = [line for line in lines if "shadowed" not in line]
@@ -212,7 +216,7 @@ def test_a_name_registered_twice(
         assert f"shadowed by {winner}'s" in shadowed
         # ... and the winner is the one that choosing the name loads.
         assert (type(load_policy("round-robin")).__name__ == "Sticky") == (winner == "shadower")
-        assert main(["policies", "--json"]) == 0
+        assert main(["policies", "--json"]) in (0, 1)
         entries = json.loads(capsys.readouterr().out)
         registrations = {
             e["distribution"]: e["shadowed_by"] for e in entries if e["name"] == "round-robin"
