@@ -16,6 +16,7 @@ Modules: ``_lab_workload`` (options -> workload), ``_lab_engine`` (the runs),
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -79,6 +80,7 @@ examples:
   trio-kcm lab                                   # {SERVICE}, load {LOAD}, all policies
   trio-kcm lab --service pareto:1ms,alpha=1.3 --load 0.6
   trio-kcm lab --policies round-robin,least-queued --closed 8 --json
+  trio-kcm lab --policies 'round-robin,weighted-round-robin(socket_weights={{0: 0.1}})'
   trio-kcm lab --plot latency.png
   trio-kcm lab --real --policies least-queued --duration 1s
 
@@ -156,13 +158,6 @@ def _messages(text: str) -> int:
     return value
 
 
-def _policies(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise ValueError("name at least one policy, e.g. round-robin,least-queued")
-    return list(dict.fromkeys(names))
-
-
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "lab",
@@ -174,9 +169,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--policies",
         metavar="A,B,...",
-        type=_typed(_policies),
-        help="the policies to compare, by name (default: every installed one;"
-        " see trio-kcm policies)",
+        type=_typed(wl.parse_policies),
+        help="the policies to compare, by name, each with options if you like:"
+        " p2c(seed=7),weighted-round-robin(socket_weights={0: 0.1})"
+        " (default: every installed policy; see trio-kcm policies)",
     )
     p.add_argument(
         "-m",
@@ -312,13 +308,13 @@ def build_workload(args: argparse.Namespace) -> wl.Workload:
     )
 
 
-def _check_policies(requested: list[str] | None) -> list[str]:
+def _check_policies(requested: list[wl.PolicySpec] | None) -> list[wl.PolicySpec]:
     installed = available_policies()
     if requested is None:
         if not installed:
             raise _LabError("no policies are installed (is trio-kcm installed?)")
-        return installed
-    unknown = [n for n in requested if n not in installed]
+        return [wl.PolicySpec(name) for name in installed]
+    unknown = list(dict.fromkeys(s.name for s in requested if s.name not in installed))
     if unknown:
         s = "y" if len(unknown) == 1 else "ies"
         raise _LabError(
@@ -357,18 +353,27 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         workload = build_workload(args)
-        names = _check_policies(args.policies)
+        specs = _check_policies(args.policies)
         _check_plot(args.plot)
-        for name in names:  # fail early, before any run, on a broken plugin
-            make_policy(name, policy_seed(workload, name))
+        for spec in specs:  # fail early, before any run, on a broken plugin or option
+            make_policy(spec, policy_seed(workload, spec))
     except _LabError as exc:
         return _fail(str(exc))
     except PolicyLoadError as exc:
         return _fail(str(exc))
-    return _run(args, workload, names)
+    return _run(args, workload, specs)
 
 
-def _run(args: argparse.Namespace, workload: wl.Workload, names: list[str]) -> int:
+def _jsonable(value: object) -> object:
+    """Options as JSON: literals as they are, anything else by its repr."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _run(args: argparse.Namespace, workload: wl.Workload, specs: list[wl.PolicySpec]) -> int:
     from rich.console import Console
 
     from ._lab_engine import run_real, simulate
@@ -379,7 +384,7 @@ def _run(args: argparse.Namespace, workload: wl.Workload, names: list[str]) -> i
     go = run_real if args.real else simulate
     start = time.perf_counter()
     # Piped, rich would assume 80 columns: the table needs a few more.
-    console = Console() if sys.stdout.isatty() else Console(width=max(110, _columns()))
+    console = Console() if sys.stdout.isatty() else Console(width=max(120, _columns()))
     err = Console(stderr=True)
     weights = [1.0 / workload.service.factor(j) for j in range(workload.workers)]
     results: dict[str, RunResult] = {}
@@ -387,15 +392,17 @@ def _run(args: argparse.Namespace, workload: wl.Workload, names: list[str]) -> i
     errors: dict[str, str] = {}
     show_progress = not (args.json or args.markdown) and sys.stdout.isatty()
 
-    def one(name: str, progress: Callable[[float], None] | None) -> None:
+    def one(spec: wl.PolicySpec, progress: Callable[[float], None] | None) -> None:
+        label = spec.label
         try:
-            result = go(workload, name, progress=progress)
+            result = go(workload, spec, progress=progress)
         except Exception as exc:  # a policy's bug must not hide the others' results
-            errors[name] = f"{type(exc).__name__}: {exc}"
-            err.print(f"[red]{PROG}: policy {name!r} failed:[/red] {errors[name]}", markup=True)
+            errors[label] = f"{type(exc).__name__}: {exc}"
+            err.print(f"{PROG}: policy {label} failed: {errors[label]}", markup=False)
             return
-        results[name] = result
-        reports[name] = summarize(result, weights)
+        results[label] = result
+        options = {k: _jsonable(v) for k, v in spec.options}
+        reports[label] = summarize(result, weights, name=spec.name, options=options)
 
     if show_progress:
         from rich.progress import (
@@ -415,18 +422,18 @@ def _run(args: argparse.Namespace, workload: wl.Workload, names: list[str]) -> i
             console=console,
             transient=True,
         ) as bar:
-            task = bar.add_task("", total=len(names), done=0)
-            for i, name in enumerate(names):
-                bar.update(task, description=f"{engine}: {name}", completed=i, done=i)
+            task = bar.add_task("", total=len(specs), done=0)
+            for i, spec in enumerate(specs):
+                bar.update(task, description=f"{engine}: {spec.label}", completed=i, done=i)
 
                 def update(fraction: float, i: int = i) -> None:
                     bar.update(task, completed=i + min(max(fraction, 0.0), 1.0))
 
-                one(name, update)
-            bar.update(task, completed=len(names), done=len(names))
+                one(spec, update)
+            bar.update(task, completed=len(specs), done=len(specs))
     else:
-        for name in names:
-            one(name, None)
+        for spec in specs:
+            one(spec, None)
 
     if args.json:
         print(to_json(engine, workload, reports, errors))

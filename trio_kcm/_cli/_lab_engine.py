@@ -48,7 +48,7 @@ from .._parsers import LengthPrefixed
 from .._policy import Policy, load_policy
 from .._socket import KCMSocket
 from ._lab_stats import RunResult
-from ._lab_workload import Workload
+from ._lab_workload import PolicySpec, Workload
 
 __all__ = ["MIN_SIZE", "make_policy", "run_real", "simulate"]
 
@@ -72,19 +72,26 @@ _NEXT = 2  # closed loop: a reply freed a slot, the origin's peer writes one req
 _DONE = 3  # a worker finished its request
 
 
-def make_policy(name: str, seed: int) -> Policy:
-    """Build policy ``name``, passing it ``seed=`` if it takes one."""
-    try:
-        return load_policy(name, seed=seed)
-    except PolicyLoadError as exc:
-        if not isinstance(exc.__cause__, TypeError):
-            raise
-    return load_policy(name)
+def make_policy(spec: PolicySpec, seed: int) -> Policy:
+    """Build the policy ``spec`` names, passing it ``seed=`` if it takes one.
+
+    A policy given ``seed=`` or ``rng=`` in its options keeps those.  Whether
+    it takes a seed is found by trying: a factory that refuses the keyword
+    raises ``TypeError``, and is then built without it.
+    """
+    options = dict(spec.options)
+    if "seed" not in options and "rng" not in options:
+        try:
+            return load_policy(spec.name, seed=seed, **options)
+        except PolicyLoadError as exc:
+            if not isinstance(exc.__cause__, TypeError):
+                raise
+    return load_policy(spec.name, **options)
 
 
-def policy_seed(workload: Workload, name: str) -> int:
+def policy_seed(workload: Workload, spec: PolicySpec) -> int:
     """The seed a policy that draws random numbers gets (derived from --seed)."""
-    return workload.rng(f"policy:{name}").getrandbits(32)
+    return workload.rng(f"policy:{spec.name}").getrandbits(32)
 
 
 def _request(size: int, rid: int, cost: float) -> bytes:
@@ -380,19 +387,23 @@ class _Simulation:
         self.dirty.clear()
 
 
-def simulate(workload: Workload, policy: str, *, progress: Progress | None = None) -> RunResult:
+def simulate(
+    workload: Workload, policy: PolicySpec, *, progress: Progress | None = None
+) -> RunResult:
     """Run ``workload`` through a mux with ``policy``, in virtual time (reproducible)."""
     pol = make_policy(policy, policy_seed(workload, policy))
     clock = trio.testing.MockClock()
     sim = _Simulation(workload, pol, clock, progress)
-    sim.result.policy = policy
+    sim.result.policy = policy.label
     start = time.perf_counter()
     result = trio.run(sim.run, clock=clock)
     result.wall = time.perf_counter() - start
     return result
 
 
-def run_real(workload: Workload, policy: str, *, progress: Progress | None = None) -> RunResult:
+def run_real(
+    workload: Workload, policy: PolicySpec, *, progress: Progress | None = None
+) -> RunResult:
     """Run ``workload`` over loopback TCP in real time (not reproducible).
 
     Service times are real ``trio.sleep`` calls, so they are no shorter than
@@ -402,7 +413,7 @@ def run_real(workload: Workload, policy: str, *, progress: Progress | None = Non
     """
     pol = make_policy(policy, policy_seed(workload, policy))
     real = _Real(workload, pol, progress)
-    real.result.policy = policy
+    real.result.policy = policy.label
     start = time.perf_counter()
     result = trio.run(real.run)
     result.wall = time.perf_counter() - start

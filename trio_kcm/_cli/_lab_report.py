@@ -130,16 +130,22 @@ def render_table(
         caption_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    table.add_column("policy", style="bold", no_wrap=True)
-    table.add_column("msg/s", justify="right")
+    longest = max((len(label) for label in reports), default=6)
+    width = min(longest, 22)
+    table.add_column("policy", style="bold", overflow="fold", min_width=width, max_width=width)
+
+    def number(title: str, width: int = 0) -> None:
+        table.add_column(title, justify="right", no_wrap=True, min_width=width or len(title))
+
+    number("msg/s", 5)
     for key in ("p50", "p99", "p99.9", "max"):
-        table.add_column(key, justify="right")
-    table.add_column("backlog", justify="right")
+        number(key, 6)
+    number("backlog")
     unanswered = any(r["unanswered"] for r in reports.values())
     if unanswered:
-        table.add_column("unanswered", justify="right")
-    table.add_column("Jain", justify="right")
-    table.add_column("Jain/cap", justify="right")
+        number("unanswered")
+    number("Jain", 5)
+    number("Jain/cap")
     table.add_column("worker shares", no_wrap=True)
 
     p99s = [r["latency"]["p99"] for r in reports.values() if r["latency"]["p99"] is not None]

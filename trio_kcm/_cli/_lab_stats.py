@@ -9,8 +9,9 @@ All times are in seconds (virtual seconds for a virtual run).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["PERCENTILES", "RunResult", "jain", "percentile", "summarize"]
 
@@ -86,13 +87,22 @@ def _shares(counts: Sequence[float]) -> list[float]:
     return [c / total if total else 0.0 for c in counts]
 
 
-def summarize(result: RunResult, capacity_weights: Sequence[float]) -> dict[str, object]:
+def summarize(
+    result: RunResult,
+    capacity_weights: Sequence[float],
+    *,
+    name: str = "",
+    options: Mapping[str, object] | None = None,
+) -> dict[str, Any]:
     """The report of one policy: plain JSON types, stable keys.
 
     Args:
       result: What the engine measured.
       capacity_weights: Each worker's speed (1 / its slowdown factor), for the
         capacity-normalised fairness index.
+      name: The policy's registered name (``result.policy`` is its label,
+        options included).
+      options: The options it was built with (JSON-ready).
 
     """
     lat = sorted(result.latencies)
@@ -110,6 +120,8 @@ def summarize(result: RunResult, capacity_weights: Sequence[float]) -> dict[str,
     end = result.end
     return {
         "policy": result.policy,
+        "name": name or result.policy,
+        "options": dict(options or {}),
         "requests": result.issued,
         "completed": completed,
         "unanswered": result.issued - completed,

@@ -19,22 +19,31 @@ Service-time syntax (``--service``)::
 slower.  Every request carries a *cost* drawn from the distribution (the same
 request costs for every policy: common random numbers); a worker with factor
 ``F`` serves it in ``cost * F`` seconds.
+
+Policy syntax (``--policies``): names separated by commas, each optionally
+with options for its factory, as Python literals (a bare word is a string)::
+
+    round-robin,p2c(seed=7),weighted-round-robin(socket_weights={0: 0.1})
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "KINDS",
+    "PolicySpec",
     "ServiceSpec",
     "Workload",
     "format_seconds",
     "parse_count",
     "parse_duration",
+    "parse_policies",
     "parse_service",
     "parse_size",
 ]
@@ -292,3 +301,87 @@ class Workload:
             "messages": self.messages,
             "seed": self.seed,
         }
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy to compare: its registered name and the options to build it with."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """How the report names it: ``name`` or ``name(key=value, ...)``."""
+        if not self.options:
+            return self.name
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.options)})"
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets and quotes."""
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    start = 0
+    for i, ch in enumerate(text):
+        if quote:
+            if ch == quote and text[i - 1] != "\\":
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced {ch!r} in {text!r}")
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth or quote:
+        raise ValueError(f"unbalanced brackets or quotes in {text!r}")
+    parts.append(text[start:])
+    return parts
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_policies(text: str) -> list[PolicySpec]:
+    """Parse ``--policies``: ``a,b(key=value, ...),...``; ``ValueError`` if malformed."""
+    specs: list[PolicySpec] = []
+    for raw in _split_top(text):
+        item = raw.strip()
+        if not item:
+            continue
+        name, paren, rest = item.partition("(")
+        name = name.strip()
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{item!r} is not a policy name (or name(key=value, ...))")
+        options: dict[str, Any] = {}
+        if paren:
+            if not rest.rstrip().endswith(")"):
+                raise ValueError(f"{item!r}: the options need a closing ')'")
+            for opt in _split_top(rest.rstrip()[:-1]):
+                if not opt.strip():
+                    continue
+                key, eq, value = opt.partition("=")
+                key = key.strip()
+                if not eq or not key.isidentifier():
+                    raise ValueError(f"{item!r}: options are key=value, not {opt.strip()!r}")
+                value = value.strip()
+                try:
+                    options[key] = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    if not _NAME.fullmatch(value):
+                        raise ValueError(
+                            f"{item!r}: {key}={value} is neither a Python literal nor a word"
+                        ) from None
+                    options[key] = value
+        spec = PolicySpec(name, tuple(options.items()))
+        if spec not in specs:
+            specs.append(spec)
+    if not specs:
+        raise ValueError("name at least one policy, e.g. round-robin,least-queued")
+    return specs
