@@ -205,12 +205,6 @@ class ConsistentHash(Policy):
         if not is_full(sock):  # disabled or closed: it leaves the ring
             self._leave(sock)
 
-    def socket_drained(self, sock: KCMSocket, nbytes: int, /) -> None:
-        # A full member that is then disabled has its queue moved away; no
-        # socket_removed comes for it (it was not a candidate), only this.
-        if not sock.receive_enabled and sock not in self._rx_live:
-            self._leave(sock)
-
     def _leave(self, sock: KCMSocket) -> None:
         if self._rx_ring.members.get(sock.index) is sock:
             self._rx_ring.remove(sock.index)
@@ -228,9 +222,10 @@ class ConsistentHash(Policy):
                 return owner
             if is_full(owner):
                 break
-            # A member that is neither a candidate nor full closed while it
-            # was full: the mux told us only that it filled up, then drained
-            # its queue away.  It leaves the ring now.
+            # A member that is neither a candidate nor full was disabled or
+            # closed while it was full: the mux told us only that it filled
+            # up, then moved its queue away -- and those messages are picked
+            # for right away, so this runs at once.  It leaves the ring.
             self._leave(owner)
         if not self._spill_next:
             return None
