@@ -64,3 +64,14 @@ def docs(session: nox.Session) -> None:
     """Build the Sphinx documentation, warnings as errors."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (python -m benchmarks): trio-kcm vs raw Trio and pyzmq.
+
+    Arguments go to the runner: ``nox -s bench -- --quick``, ``-- --only ping``,
+    ``-- --update-doc docs/performance.md``.  The full suite takes a few minutes.
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
