@@ -43,11 +43,12 @@ def jain(values: Sequence[float]) -> float:
     for no values or all zeros.
     """
     n = len(values)
-    square_sum = math.fsum(x * x for x in values)
-    if not n or square_sum == 0:
+    top = max(values, default=0.0)
+    if not n or top <= 0:
         return math.nan
-    total = math.fsum(values)
-    return total * total / (n * square_sum)
+    scaled = [x / top for x in values]  # no underflow in x * x
+    total = math.fsum(scaled)
+    return total * total / (n * math.fsum(x * x for x in scaled))
 
 
 @dataclass
