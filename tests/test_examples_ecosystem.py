@@ -73,12 +73,12 @@ def test_monitor() -> None:
     out = run_example("monitor.py", "2", "500")
     assert "requests answered: 500 of 500 over 2 connections" in out
     # The backend drops a connection after at most 80 echoes, so 500 answered
-    # requests over 2 connections take at least 5 drops -- and at least 3
-    # connections that the monitor made.
+    # requests took at least 7 connections: 2 to begin with, and at least 5
+    # that the monitor made, each after a failure it saw.
     failures = re.findall(r"psock-\d+ failed \(EPIPE\): .*; rtt=\d+us .*retransmits=\d+", out)
     reconnects = re.findall(r"reconnected: psock-\d+ replaces psock-\d+", out)
-    assert len(failures) >= 5, out
-    assert len(reconnects) >= 3, out
+    assert len(reconnects) >= 5, out
+    assert len(failures) >= len(reconnects), out
     summary = re.search(r"backend drops: (\d+); failures seen: (\d+); reconnects: (\d+)", out)
     assert summary is not None, out
     drops, seen, made = map(int, summary.groups())
