@@ -74,12 +74,12 @@ def _command(role: str, spec: Spec, port: int | None, profile: Path | None) -> l
     return cmd
 
 
-def _start(cmd: list[str]) -> subprocess.Popen[str]:
+def _start(cmd: list[str], stdin: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         text=True,
         env=_env(),
         cwd=ROOT,
@@ -118,17 +118,19 @@ def run_pair(
         rx_prof = profile_dir / f"{spec.kind}-{spec.payload}-rx.json"
         tx_prof = profile_dir / f"{spec.kind}-{spec.payload}-tx.json"
     try:
+        # Both start at once; the sender waits for the port on its stdin.
         rx = _start(_command("rx", spec, None, rx_prof))
         procs.append(rx)
-        assert rx.stdout is not None
+        tx = _start(_command("tx", spec, None, tx_prof), stdin=subprocess.PIPE)
+        procs.append(tx)
+        assert rx.stdout is not None and tx.stdin is not None
         line = _readline(rx.stdout, timeout)
         if not line.startswith("READY "):
             procs.remove(rx)
             _result("receiver", rx, deadline)  # raises, with its stderr
             raise RunError(f"the receiver said {line!r}")
-        port = int(line.split()[1])
-        tx = _start(_command("tx", spec, port, tx_prof))
-        procs.append(tx)
+        tx.stdin.write(line.split()[1] + "\n")
+        tx.stdin.flush()
         tx_result = _result("sender", tx, deadline)
         rx_result = _result("receiver", rx, deadline)
         out: dict[str, Any] = {"rx": rx_result, "tx": tx_result}

@@ -6,7 +6,8 @@
   It listens on ``127.0.0.1`` (port 0: any), prints ``READY <port>``, serves
   one run and prints ``RESULT <json>``.
 - ``tx``: the sender (throughput) or the client (ping-pong); it connects to
-  ``--port``, runs, and prints ``RESULT <json>``.
+  ``--port`` (or the port read from its standard input, so that the runner can
+  start it while the receiver starts), runs, and prints ``RESULT <json>``.
 - ``memory``: no peer; Python-level memory per idle stream and socket.
 
 Who times: for throughput the receiver, from the return of its first receive
@@ -541,23 +542,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.worker")
     parser.add_argument("role", choices=["rx", "tx", "memory"])
     parser.add_argument("spec", help="the Spec, as JSON")
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--port", type=int, help="the receiver's port (tx); default: read from standard input"
+    )
     parser.add_argument("--profile", metavar="PATH", help="profile with pyinstrument into PATH")
     args = parser.parse_args(argv)
     spec = Spec.from_json(args.spec)
+    port = args.port
+    if port is None:
+        # Started together with the receiver (its start-up overlaps ours): the
+        # runner writes the port here once the receiver listens.
+        port = int(sys.stdin.readline()) if args.role == "tx" else 0
     if args.profile:
         from pyinstrument import Profiler
 
         from ._profile import summarise
 
         global _profiler
-        profiler = _profiler = Profiler(interval=0.0005, async_mode="disabled")
-        result = run(args.role, spec, args.port)
+        profiler = _profiler = Profiler(interval=0.001, async_mode="disabled")
+        result = run(args.role, spec, port)
         _profile(False)
         with open(args.profile, "w", encoding="utf-8") as f:
             json.dump(summarise(profiler), f)
     else:
-        result = run(args.role, spec, args.port)
+        result = run(args.role, spec, port)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
