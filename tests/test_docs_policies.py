@@ -38,9 +38,7 @@ def installed(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     """The example distribution as pip would install it: its module and a dist-info."""
     info = tmp_path / "kcm_random_policy-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: kcm-random-policy\nVersion: 1.0\n"
-    )
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kcm-random-policy\nVersion: 1.0\n")
     entry_points = re.search(
         r'\[project\.entry-points\."trio_kcm\.policies"\]\n(.*?)\n\n',
         (PLUGIN / "pyproject.toml").read_text(),
