@@ -55,8 +55,8 @@ def summarise(profiler: Profiler) -> dict[str, Any]:
         walk(root, frozenset())
     duration = session.duration
 
-    def top(table: dict[str, float]) -> list[tuple[str, float]]:
-        rows = sorted(table.items(), key=lambda kv: -kv[1])[:TOP]
+    def top(table: dict[str, float], count: int = TOP) -> list[tuple[str, float]]:
+        rows = sorted(table.items(), key=lambda kv: -kv[1])[:count]
         return [(name, seconds / duration if duration else 0.0) for name, seconds in rows]
 
     return {
@@ -64,6 +64,6 @@ def summarise(profiler: Profiler) -> dict[str, Any]:
         "cpu_time": session.cpu_time,
         "samples": session.sample_count,
         "self": top(own),
-        "inclusive": top(total),
+        "inclusive": top(total, 2 * TOP),
         "tree": profiler.output_text(unicode=False, color=False),
     }

@@ -230,7 +230,7 @@ def markdown(report: dict[str, Any]) -> str:
         key=lambda r: (r["payload"], _order(report, r["key"])),
     )
     if rows:
-        add("#### Throughput")
+        add("### Throughput")
         add("")
         add(
             "Messages per second counted at the receiver (median of the repetitions); MB/s of"
@@ -254,7 +254,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.extend(grid)
 
     if summary["latency"]:
-        add("#### Latency: 64 B request/response, one in flight")
+        add("### Latency: 64 B request/response, one in flight")
         add("")
         add("| implementation | p50 | p99 | x raw Trio p50 | x pyzmq p50 | spread of p50 |")
         add("|---|---:|---:|---:|---:|---:|")
@@ -270,7 +270,7 @@ def markdown(report: dict[str, Any]) -> str:
         add("")
 
     if report.get("targets"):
-        add("#### Targets")
+        add("### Targets")
         add("")
         add("| target | required | measured | result |")
         add("|---|---:|---:|---|")
@@ -280,7 +280,7 @@ def markdown(report: dict[str, Any]) -> str:
 
     memory = report.get("memory")
     if memory:
-        add("#### Memory")
+        add("### Memory")
         add("")
         if "error" in memory:
             add(f"failed: {memory['error'].splitlines()[0]}")
@@ -306,31 +306,69 @@ def markdown(report: dict[str, Any]) -> str:
 
     profiles = report.get("profiles") or {}
     if profiles:
-        add("#### Profiles (pyinstrument, timed window only)")
+        add("### Profiles (pyinstrument, timed window only)")
         add("")
         for key, prof in profiles.items():
             if "error" in prof:
                 add(f"{key}: failed: {prof['error'].splitlines()[0]}")
                 continue
             rx = prof["rx"]
+            plain = next(
+                (
+                    r.get("msgs_per_s")
+                    for r in summary["throughput"]
+                    if r["key"] == key and r["payload"] == prof["payload"]
+                ),
+                None,
+            )
+            unprofiled = f" ({_rate(plain)} msgs/s unprofiled)" if plain else ""
             add(
                 f"`{key}`, {_size(prof['payload'])}, 1x1: {_rate(rx['msgs_per_s'])} msgs/s"
-                " while profiled. Share of the profiled time, by function (self time):"
+                f" while profiled{unprofiled}. Share of the profiled time, by function"
+                " (self time):"
             )
             add("")
             add("| sender | self | receiver | self |")
             add("|---|---:|---|---:|")
-            tx_rows = prof["profile"]["tx"]["self"][:12]
-            rx_rows = prof["profile"]["rx"]["self"][:12]
-            for i in range(max(len(tx_rows), len(rx_rows))):
-                a = tx_rows[i] if i < len(tx_rows) else ("", None)
-                b = rx_rows[i] if i < len(rx_rows) else ("", None)
-                add(
-                    f"| {a[0]} | {'' if a[1] is None else f'{a[1]:.0%}'} | {b[0]} |"
-                    f" {'' if b[1] is None else f'{b[1]:.0%}'} |"
+            lines.extend(_pairs(prof["profile"]["tx"]["self"], prof["profile"]["rx"]["self"], 12))
+            add("")
+            add("Inclusive time (the function and what it calls):")
+            add("")
+            add("| sender | total | receiver | total |")
+            add("|---|---:|---|---:|")
+            lines.extend(
+                _pairs(
+                    _inner(prof["profile"]["tx"]["inclusive"]),
+                    _inner(prof["profile"]["rx"]["inclusive"]),
+                    10,
                 )
+            )
             add("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _pairs(left: list[Any], right: list[Any], count: int) -> list[str]:
+    """Two ranked lists of (name, share) side by side, as table rows."""
+    left, right = left[:count], right[:count]
+    out = []
+    for i in range(max(len(left), len(right))):
+        a = left[i] if i < len(left) else ("", None)
+        b = right[i] if i < len(right) else ("", None)
+        out.append(f"| {_code(a[0])} | {_pct(a[1])} | {_code(b[0])} | {_pct(b[1])} |")
+    return out
+
+
+def _inner(rows: list[Any]) -> list[Any]:
+    """Leave out the frames every sample passes through (the run loop, the worker)."""
+    return [r for r in rows if "benchmarks/" not in r[0] and "unrolled_run" not in r[0]]
+
+
+def _code(name: str) -> str:
+    return f"`{name}`" if name else ""
+
+
+def _pct(share: float | None) -> str:
+    return "" if share is None else f"{share:.0%}"
 
 
 def _order(report: dict[str, Any], key: str) -> int:

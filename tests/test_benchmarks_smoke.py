@@ -29,7 +29,7 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "#### Throughput" in proc.stdout
+    assert "### Throughput" in proc.stdout
     report: dict[str, object] = json.loads(out.read_text())
     return report
 
