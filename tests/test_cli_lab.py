@@ -140,7 +140,7 @@ def test_json_report_is_complete_and_consistent(runs: Runs) -> None:
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
         assert len(rep["worker_shares"]) == 8
         assert sum(rep["worker_shares"]) == pytest.approx(1.0)
-        assert sum(rep["worker_served"]) == rep["requests"]
+        assert sum(rep["worker_requests"]) == rep["requests"]
         assert 0 < rep["jain"] <= 1 + 1e-12
         assert 0 < rep["jain_capacity"] <= 1 + 1e-12
         assert sum(rep["stream_requests"]) == sum(rep["stream_replies"]) == rep["requests"]

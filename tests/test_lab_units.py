@@ -265,7 +265,7 @@ def test_summarize() -> None:
         completed_in_window=3,
         window=1.0,
         end=2.0,
-        served=[1, 3, 0],
+        steered=[1, 3, 0],
         busy=[0.5, 1.0, 0.0],
         max_queued=[1, 2, 0],
         requests_per_stream=[5],
@@ -285,7 +285,7 @@ def test_summarize() -> None:
     assert rep["jain"] == pytest.approx(jain([0.25, 0.75, 0.0]))
     # Relative to capacity shares 0.2, 0.4, 0.4.
     assert rep["jain_capacity"] == pytest.approx(jain([1.25, 1.875, 0.0]))
-    empty = summarize(RunResult(policy="y", served=[0, 0]), [1.0, 1.0])
+    empty = summarize(RunResult(policy="y", steered=[0, 0]), [1.0, 1.0])
     assert empty["latency"]["p99"] is None and empty["jain"] is None
     assert empty["throughput"] is None
 
@@ -319,11 +319,11 @@ def test_simulation_accounts_for_every_request() -> None:
     result = simulate(w, PolicySpec("round-robin"))
     assert result.issued > 100
     assert len(result.latencies) == result.issued
-    assert sum(result.served) == result.issued
+    assert sum(result.steered) == result.issued
     assert sum(result.requests_per_stream) == result.issued
     assert sum(result.replies_per_stream) == result.issued
     # Round-robin per message: the shares differ by at most one.
-    assert max(result.served) - min(result.served) <= 1
+    assert max(result.steered) - min(result.steered) <= 1
     assert result.window == pytest.approx(0.1)
     assert result.end >= result.window - 0.01
     assert all(x > 0 for x in result.latencies)
@@ -365,7 +365,7 @@ def test_simulation_ignores_trio_scheduling_randomness() -> None:
         for seed in (1, 2, 3):
             run_module._r = random.Random(seed)
             r = simulate(w, PolicySpec("batch-affinity"))
-            outcomes.append((r.latencies, r.served, r.replies_per_stream))
+            outcomes.append((r.latencies, r.steered, r.replies_per_stream))
     finally:
         run_module._r = saved
     assert outcomes[0] == outcomes[1] == outcomes[2]

@@ -202,7 +202,7 @@ class _Simulation:
         self.t0 = 0.0
         self.result = RunResult(
             policy=getattr(policy, "name", "") or type(policy).__name__,
-            served=[0] * w.workers,
+            steered=[0] * w.workers,
             busy=[0.0] * w.workers,
             max_queued=[0] * w.workers,
             requests_per_stream=[0] * w.streams,
@@ -360,7 +360,7 @@ class _Simulation:
         _, rid, cost = _REQUEST.unpack_from(message)
         service = cost * self.factors[worker]
         self.current[worker] = rid
-        r.served[worker] += 1
+        r.steered[worker] += 1
         r.busy[worker] += service
         self.schedule(self.now + service, _DONE, worker)
         return True
@@ -432,7 +432,7 @@ class _Real:
         self.costs = w.rng("costs")
         self.result = RunResult(
             policy=getattr(policy, "name", "") or type(policy).__name__,
-            served=[0] * w.workers,
+            steered=[0] * w.workers,
             busy=[0.0] * w.workers,
             max_queued=[0] * w.workers,
             requests_per_stream=[0] * w.streams,
@@ -519,6 +519,9 @@ class _Real:
                     ):
                         await self.all_answered.wait()
                     nursery.cancel_scope.cancel()
+                # Steered to a worker but still in its queue: the policy's choice too.
+                for j, sock in enumerate(socks):
+                    self.result.steered[j] += sock.rx_queued_bytes // w.size
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
@@ -542,7 +545,7 @@ class _Real:
                 r.max_queued[j] = queued
             _, rid, cost = _REQUEST.unpack_from(message)
             service = cost * factor
-            r.served[j] += 1
+            r.steered[j] += 1
             r.busy[j] += service
             await trio.sleep(service)
             await sock.send(_reply(w.reply_size, rid, j))

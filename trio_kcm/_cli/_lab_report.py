@@ -13,7 +13,7 @@ number is undefined::
         NAME: {policy, requests, completed, unanswered, throughput, window,
                backlog, drain,
                latency: {mean, p50, p90, p99, "p99.9", max},
-               worker_served, worker_shares, worker_utilisation,
+               worker_requests, worker_shares, worker_utilisation,
                worker_max_queued, jain, jain_capacity,
                stream_requests, stream_replies},
         ...
@@ -124,12 +124,27 @@ def render_table(
     from rich import box
     from rich.table import Table
 
+    caption = describe_workload(workload, engine) + f"; took {wall:.1f}s."
+    if engine == "real":
+        caption += (
+            " Real time: latencies include Python's own work and the timer's"
+            " resolution (about 1 ms), and vary from run to run."
+        )
+        best_rate = max((r["throughput"] or 0.0 for r in reports.values()), default=0.0)
+        if workload.open_loop and best_rate < 0.8 * workload.rate:
+            caption += (
+                f" No policy reached 80% of the offered {workload.rate:.0f} req/s: more than"
+                " this machine can process in real time? Try a lower --rate or --load, or"
+                " a longer --service."
+            )
     table = Table(
         title=f"trio-kcm lab ({engine} time)",
-        caption=describe_workload(workload, engine) + f"; took {wall:.1f}s",
+        caption=caption,
         caption_justify="left",
         box=box.SIMPLE_HEAD,
     )
+    unanswered = any(r["unanswered"] for r in reports.values())
+    keys = ("p50", "p99", "p99.9") if unanswered else ("p50", "p99", "p99.9", "max")
     longest = max((len(label) for label in reports), default=6)
     width = min(longest, 22)
     table.add_column("policy", style="bold", overflow="fold", min_width=width, max_width=width)
@@ -138,10 +153,9 @@ def render_table(
         table.add_column(title, justify="right", no_wrap=True, min_width=width or len(title))
 
     number("msg/s", 5)
-    for key in ("p50", "p99", "p99.9", "max"):
+    for key in keys:
         number(key, 6)
     number("backlog")
-    unanswered = any(r["unanswered"] for r in reports.values())
     if unanswered:
         number("unanswered")
     number("Jain", 5)
@@ -152,16 +166,13 @@ def render_table(
     best = min(p99s) if p99s else None
     for name, rep in reports.items():
         lat = rep["latency"]
-        p99 = _ms(lat["p99"])
+        cells = {key: _ms(lat[key]) for key in keys}
         if best is not None and lat["p99"] is not None and lat["p99"] <= best * 1.0001:
-            p99 = f"[bold green]{p99}[/bold green]"
+            cells["p99"] = f"[bold green]{cells['p99']}[/bold green]"
         row = [
             name,
             f"{rep['throughput']:.0f}" if rep["throughput"] is not None else "-",
-            _ms(lat["p50"]),
-            p99,
-            _ms(lat["p99.9"]),
-            _ms(lat["max"]),
+            *cells.values(),
             str(rep["backlog"]),
         ]
         if unanswered:

@@ -66,8 +66,9 @@ class RunResult:
     #: The issuing period, and the time of the last reply (both from the start).
     window: float = 0.0
     end: float = 0.0
-    #: Per worker: requests served, seconds spent serving.
-    served: list[int] = field(default_factory=list)
+    #: Per worker: requests the policy steered to it (all of them served by
+    #: the end of a virtual run), seconds spent serving.
+    steered: list[int] = field(default_factory=list)
     busy: list[float] = field(default_factory=list)
     #: Per worker: the most requests that waited in its socket at once.
     max_queued: list[int] = field(default_factory=list)
@@ -115,7 +116,7 @@ def summarize(
     for key, q in PERCENTILES:
         latency[key] = _num(percentile(lat, q))
     latency["max"] = lat[-1] if lat else None
-    shares = _shares(result.served)
+    shares = _shares(result.steered)
     cap_shares = _shares(capacity_weights)
     normalised = [s / c if c else 0.0 for s, c in zip(shares, cap_shares, strict=True)]
     end = result.end
@@ -131,7 +132,7 @@ def summarize(
         "backlog": result.issued_in_window - result.completed_in_window,
         "drain": max(0.0, end - result.window),
         "latency": latency,
-        "worker_served": list(result.served),
+        "worker_requests": list(result.steered),
         "worker_shares": shares,
         "worker_utilisation": [b / end if end > 0 else 0.0 for b in result.busy],
         "worker_max_queued": list(result.max_queued),
