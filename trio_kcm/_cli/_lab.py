@@ -440,7 +440,8 @@ def _run(args: argparse.Namespace, workload: wl.Workload, specs: list[wl.PolicyS
     elif args.markdown:
         print(markdown_table(workload, engine, reports))
     elif reports:
-        console.print(render_table(workload, engine, reports, time.perf_counter() - start))
+        wall = time.perf_counter() - start
+        console.print(render_table(workload, engine, reports, wall, width=console.width))
     if args.plot and results:
         plot(args.plot, workload, engine, results)
         (err if args.json or args.markdown else console).print(f"wrote {args.plot}")

@@ -331,6 +331,7 @@ class _Simulation:
         await trio.testing.wait_all_tasks_blocked()
         self._collect()
         self._serve(worker)
+        self._start_idle()  # (only a message moved between sockets could need it)
 
     # -- workers ------------------------------------------------------------------
 

@@ -101,29 +101,22 @@ def _ms(value: object) -> str:
 _BARS = " ▁▂▃▄▅▆▇█"
 
 
-def _shares(shares: Sequence[float]) -> str:
+def _shares(shares: Sequence[float], *, span: bool = True) -> str:
     """Worker shares at a glance: a bar per worker (up to 16), then the range in %."""
     if not shares:
         return "-"
     top = max(shares)
     lo, hi = min(shares) * 100, top * 100
-    span = f"{lo:.1f}-{hi:.1f}%"
+    text = f"{lo:.1f}-{hi:.1f}%"
     if len(shares) > 16 or top <= 0:
-        return span
+        return text
     bars = "".join(_BARS[max(1 if x > 0 else 0, round(x / top * 8))] for x in shares)
-    return f"{bars} {span}"
+    return f"{bars} {text}" if span else bars
 
 
-def render_table(
-    workload: Workload,
-    engine: str,
-    reports: Mapping[str, dict[str, Any]],
-    wall: float,
-) -> Any:
-    """A :class:`rich.table.Table` of the reports, the best p99 highlighted."""
-    from rich import box
-    from rich.table import Table
-
+def _caption(
+    workload: Workload, engine: str, reports: Mapping[str, dict[str, Any]], wall: float
+) -> str:
     caption = describe_workload(workload, engine) + f"; took {wall:.1f}s."
     if engine == "real":
         caption += (
@@ -137,16 +130,56 @@ def render_table(
                 " this machine can process in real time? Try a lower --rate or --load, or"
                 " a longer --service."
             )
+    return caption
+
+
+def render_table(
+    workload: Workload,
+    engine: str,
+    reports: Mapping[str, dict[str, Any]],
+    wall: float,
+    width: int = 120,
+) -> Any:
+    """A :class:`rich.table.Table` of the reports, the best p99 highlighted.
+
+    It fits in ``width`` columns by leaving out, in turn, the max latency, the
+    range of the shares, the backlog and the capacity-relative Jain index.
+    """
+    from rich.console import Console
+
+    wide = Console(width=10_000)  # measures are capped at the console's width
+    table = None
+    for level in range(5):
+        table = _table(workload, engine, reports, wall, level)
+        if wide.measure(table).minimum <= width:
+            break
+    assert table is not None
+    return table
+
+
+def _table(
+    workload: Workload,
+    engine: str,
+    reports: Mapping[str, dict[str, Any]],
+    wall: float,
+    level: int,
+) -> Any:
+    from rich import box
+    from rich.table import Table
+
     table = Table(
         title=f"trio-kcm lab ({engine} time)",
-        caption=caption,
+        caption=_caption(workload, engine, reports, wall),
         caption_justify="left",
         box=box.SIMPLE_HEAD,
     )
     unanswered = any(r["unanswered"] for r in reports.values())
-    keys = ("p50", "p99", "p99.9") if unanswered else ("p50", "p99", "p99.9", "max")
+    keys = ("p50", "p99", "p99.9") if unanswered or level >= 1 else ("p50", "p99", "p99.9", "max")
+    span = level < 2
+    backlog = level < 3
+    jain_capacity = level < 4
     longest = max((len(label) for label in reports), default=6)
-    width = min(longest, 22)
+    width = min(longest, 22 if level < 4 else 14)
     table.add_column("policy", style="bold", overflow="fold", min_width=width, max_width=width)
 
     def number(title: str, width: int = 0) -> None:
@@ -155,12 +188,14 @@ def render_table(
     number("msg/s", 5)
     for key in keys:
         number(key, 6)
-    number("backlog")
+    if backlog:
+        number("backlog")
     if unanswered:
         number("unanswered")
     number("Jain", 5)
-    number("Jain/cap")
-    table.add_column("worker shares", no_wrap=True)
+    if jain_capacity:
+        number("Jain/cap")
+    table.add_column("worker shares" if span else "shares", no_wrap=True)
 
     p99s = [r["latency"]["p99"] for r in reports.values() if r["latency"]["p99"] is not None]
     best = min(p99s) if p99s else None
@@ -173,15 +208,15 @@ def render_table(
             name,
             f"{rep['throughput']:.0f}" if rep["throughput"] is not None else "-",
             *cells.values(),
-            str(rep["backlog"]),
         ]
+        if backlog:
+            row.append(str(rep["backlog"]))
         if unanswered:
             row.append(str(rep["unanswered"]))
-        row += [
-            _fraction(rep["jain"]),
-            _fraction(rep["jain_capacity"]),
-            _shares(rep["worker_shares"]),
-        ]
+        row.append(_fraction(rep["jain"]))
+        if jain_capacity:
+            row.append(_fraction(rep["jain_capacity"]))
+        row.append(_shares(rep["worker_shares"], span=span))
         table.add_row(*row)
     return table
 
