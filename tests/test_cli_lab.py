@@ -22,8 +22,11 @@ from trio_kcm._cli import main
 
 #: The workload most tests share: one worker ten times slower, 75% load.
 SLOW = ["--service", "exp:1ms,x10", "--load", "0.75", "--duration", "100ms"]
-#: Closed loop with heavy-tailed service: batches, and every policy's bookkeeping.
-CLOSED = ["--service", "pareto:1ms,alpha=1.5", "--closed", "3", "--duration", "40ms"]
+#: Closed loop, heavy-tailed service, links with a slow one: every event kind.
+CLOSED = [
+    *("--service", "pareto:1ms,alpha=1.5", "--closed", "3", "--duration", "40ms"),
+    *("--link", "20MB/s,delay=20us,x4", "--reply-size", "4k"),
+]
 #: Tiny, for tests about the output rather than the numbers.
 TINY = ["--duration", "20ms"]
 
@@ -60,6 +63,15 @@ class Runs:
             ],
             "closed": [*CLOSED, "--seed", "7", "--json"],
             "closed-again": [*CLOSED, "--seed", "7", "--json"],
+            "burst": [
+                *("--policies", "round-robin,batch-affinity", "--service", "exp:1ms"),
+                *("--burst", "8", "--load", "0.5", "--duration", "50ms", "--seed", "7", "--json"),
+            ],
+            "slow-link": [
+                *("--policies", "round-robin,least-queued", "--service", "exp:1ms"),
+                *("--link", "40MB/s,x10", "--reply-size", "16k", "--load", "0.6"),
+                *("--duration", "50ms", "--seed", "7", "--json"),
+            ],
             "table": [*TINY, "--policies", "round-robin,least-queued(),batch-affinity"],
             "unknown": [*TINY, "--policies", "round-robin,no-such-policy"],
             "plot": [*TINY, "--policies", "round-robin,least-queued", "--plot", str(self.plot)],
@@ -162,15 +174,37 @@ def test_least_queued_beats_round_robin_with_a_slow_worker(runs: Runs) -> None:
     assert rr["jain"] > 0.9999
 
 
-def test_closed_loop_batches_stay_together_with_batch_affinity(runs: Runs) -> None:
-    # A stream's window (3 requests) is written at once and read in one read:
-    # batch-affinity queues those 3 on one worker, round-robin spreads them.
-    doc = runs.json("closed")
+def test_batch_affinity_keeps_a_burst_on_one_worker(runs: Runs) -> None:
+    # Eight requests written at once are read at once: batch-affinity queues
+    # all eight on one worker (the kernel's behaviour), round-robin spreads them.
+    doc = runs.json("burst")
+    assert doc["workload"]["burst"] == 8
     ba = doc["policies"]["batch-affinity"]
     rr = doc["policies"]["round-robin"]
-    assert doc["workload"]["mode"] == "closed" and doc["workload"]["closed"] == 3
-    assert max(ba["worker_max_queued"]) >= 2
-    assert ba["latency"]["p50"] > rr["latency"]["p50"]
+    assert max(ba["worker_max_queued"]) >= 7
+    assert ba["latency"]["p50"] > 2 * rr["latency"]["p50"]
+
+
+def test_closed_loop_over_links(runs: Runs) -> None:
+    doc = runs.json("closed")
+    w = doc["workload"]
+    assert w["mode"] == "closed" and w["closed"] == 3 and w["rate"] is None
+    assert w["link"] == "20MB/s,delay=20us,x4"
+    for rep in doc["policies"].values():
+        # Two writes over the wire, each at least 20 us of delay, plus service.
+        assert rep["latency"]["p50"] > 40e-6
+        assert rep["completed"] == rep["requests"]
+
+
+def test_least_queued_avoids_a_slow_link(runs: Runs) -> None:
+    # Stream 0 carries a tenth of the others' bandwidth: round-robin still
+    # writes a quarter of the (large) replies on it and they queue there;
+    # least-queued writes on the stream with the fewest unwritten bytes.
+    doc = runs.json("slow-link")
+    rr = doc["policies"]["round-robin"]
+    lq = doc["policies"]["least-queued"]
+    assert lq["latency"]["p99"] * 5 < rr["latency"]["p99"]
+    assert lq["stream_replies"][0] < rr["stream_replies"][0] / 2
 
 
 def test_table(runs: Runs) -> None:
@@ -268,6 +302,9 @@ def test_unknown_policy_is_named(runs: Runs) -> None:
         (["--policies", "a(b"], "unbalanced"),
         (["--service", "exp:1ms,x10,slow=9"], "9 slow workers, but only 8 workers"),
         (["--closed", "2", "--burst", "4"], "--burst is for open loop"),
+        (["--link", "fast"], "a bandwidth should look like 100MB/s"),
+        (["--link", "1MB/s,x2,slow=5"], "5 slow links, but only 4 streams"),
+        (["--link", "1MB/s", "--real"], "--link is for virtual time"),
         (["--plot", "/no/such/folder/x.png"], "no such directory"),
         (["--policies", "nope,least-queued,nada"], "unknown policies 'nope', 'nada'"),
         (["--policies", "round-robin(bogus=1)"], "failed to build"),

@@ -21,8 +21,10 @@ from trio_kcm._cli._lab_workload import (
     ServiceSpec,
     Workload,
     format_seconds,
+    parse_bandwidth,
     parse_count,
     parse_duration,
+    parse_link,
     parse_policies,
     parse_service,
     parse_size,
@@ -115,6 +117,46 @@ def test_service_sample_pareto() -> None:
     assert samples[0] >= xm
     # The median of a Pareto is xm * 2^(1/alpha).
     assert samples[10_000] == pytest.approx(xm * 2 ** (1 / 1.5), rel=0.05)
+
+
+# -- links ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "bandwidth"),
+    [("100MB/s", 100e6), ("1Gbit/s", 125e6), ("512KiB/s", 512 * 1024), ("10MB", 10e6),
+     ("8kbit", 1000.0), ("2.5 GB / s", 2.5e9), ("1000", 1000.0)],
+)  # fmt: skip
+def test_parse_bandwidth(text: str, bandwidth: float) -> None:
+    assert parse_bandwidth(text) == pytest.approx(bandwidth)
+
+
+def test_parse_link() -> None:
+    link = parse_link("10MB/s,delay=50us,x10")
+    assert link.bandwidth == 10e6 and link.delay == pytest.approx(50e-6)
+    assert [link.bandwidth_of(i) for i in range(3)] == [1e6, 10e6, 10e6]
+    assert parse_link(link.describe()) == link
+    link = parse_link("1MB/s,x4,slow=2")
+    assert link.slow_links == 2 and link.bandwidth_of(1) == 0.25e6
+    assert parse_link("1MB/s,x1").slow_links == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("fast", "a bandwidth should look like"),
+        ("0MB/s", "must be > 0"),
+        ("3 parsecs", "a bandwidth should look like"),
+        ("1MB/s,x0.5", "factor must be a number >= 1"),
+        ("1MB/s,delay=soon", "should look like 1ms"),
+        ("1MB/s,slow=2", "needs a factor"),
+        ("1MB/s,x2,slow=-2", "slow must be a whole number"),
+        ("1MB/s,jitter=1ms", "unknown option 'jitter=1ms'"),
+    ],
+)
+def test_parse_link_errors(text: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        parse_link(text)
 
 
 # -- units ---------------------------------------------------------------------
@@ -336,6 +378,43 @@ def test_simulation_latency_is_service_time_when_nothing_waits() -> None:
     assert result.issued == 10
     assert result.latencies == pytest.approx([0.002] * 10)
     assert result.busy == pytest.approx([0.02])
+
+
+def test_simulation_latency_over_a_link_is_exact() -> None:
+    # 100-byte requests and 1000-byte replies over 1 MB/s with 1 ms delay,
+    # one request at a time: 0.1 ms + 1 ms there, 2 ms service, 1 ms + 1 ms back.
+    w = workload(
+        streams=1,
+        workers=1,
+        service=parse_service("const:2ms"),
+        closed=1,
+        duration=0.05,
+        size=100,
+        reply_size=1000,
+        link=parse_link("1MB/s,delay=1ms"),
+    )
+    result = simulate(w, PolicySpec("round-robin"))
+    assert result.latencies == pytest.approx([0.0051] * result.issued)
+    assert result.issued == 10  # 50 ms / 5.1 ms, the first at 0
+
+
+def test_simulation_link_queues_writes() -> None:
+    # Two streams, the first 10x slower; least-queued writes replies on the
+    # stream with the fewest unwritten bytes, round-robin alternates.
+    base = {
+        "streams": 2,
+        "workers": 4,
+        "service": parse_service("const:1ms"),
+        "closed": 4,
+        "duration": 0.05,
+        "reply_size": 10_000,
+        "link": parse_link("20MB/s,x10"),
+    }
+    rr = simulate(workload(**base), PolicySpec("round-robin"))
+    lq = simulate(workload(**base), PolicySpec("least-queued"))
+    assert rr.replies_per_stream[0] >= rr.replies_per_stream[1] - 4
+    assert lq.replies_per_stream[0] * 3 < lq.replies_per_stream[1]
+    assert len(lq.latencies) > len(rr.latencies)
 
 
 def test_simulation_closed_loop_keeps_the_window() -> None:

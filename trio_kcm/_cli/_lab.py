@@ -50,9 +50,10 @@ connections) carry framed requests into a mux with N worker sockets.  The
 policy picks a worker for each request and a stream for each reply; each
 worker serves its queue in order for a service time drawn from --service.
 For each policy: throughput, latency p50/p99/p99.9 (request written by the
-peer -> whole reply read back: queueing plus service), each worker's share
-of the requests, and Jain's fairness index over the shares (Jain/cap: over
-the shares relative to each worker's speed; 1.0 = load in proportion to it).
+peer -> whole reply read back: queueing plus service, plus the wire with
+--link), each worker's share of the requests, and Jain's fairness index over
+the shares (Jain/cap: over the shares relative to each worker's speed; 1.0 =
+load in proportion to it).
 
 Runs in virtual time (trio's MockClock, one driver task, the real mux and
 policies): fast, and the same seed gives the same numbers in any process.
@@ -69,6 +70,13 @@ service times (--service KIND:MEAN[,OPTION...]):
   ...,x10                 one worker (worker 0) ten times slower, any KIND
   ...,x4,slow=2           workers 0 and 1 four times slower
   times: 1ms, 250us, 0.5s, 2e-3 (bare numbers are seconds)
+
+links (--link BANDWIDTH[,OPTION...]; virtual time only):
+  100MB/s                 each stream carries 100 MB/s each way; a write takes
+                          size/bandwidth, and writes on a stream queue
+  1Gbit/s,delay=50us      ... plus 50 us one-way propagation delay
+  10MB/s,x10              stream 0 ten times slower (slow=K: K streams)
+  Without --link, writes arrive at once, so only the receive policy matters.
 
 load (one of):
   --load 0.75             open loop (Poisson arrivals) at 75% of the workers'
@@ -224,6 +232,13 @@ def add_parser(subparsers: Any) -> None:
         help="open loop: requests arrive B at a time, in one write (default 1)",
     )
     p.add_argument(
+        "--link",
+        metavar="SPEC",
+        type=_typed(wl.parse_link),
+        help="give each stream a wire: BANDWIDTH[,delay=TIME][,xF][,slow=K], see below"
+        " (default: none, writes arrive at once; virtual time only)",
+    )
+    p.add_argument(
         "--size",
         metavar="BYTES",
         type=_typed(_size),
@@ -278,6 +293,13 @@ def build_workload(args: argparse.Namespace) -> wl.Workload:
             f"--service {service.text}: {service.slow_workers} slow workers,"
             f" but only {args.workers} workers"
         )
+    if args.link is not None and args.real:
+        raise _LabError("--link is for virtual time: --real runs over loopback TCP as it is")
+    if args.link is not None and args.link.slow_links > args.streams:
+        raise _LabError(
+            f"--link {args.link.text}: {args.link.slow_links} slow links,"
+            f" but only {args.streams} streams"
+        )
     if args.closed is not None and args.burst != 1:
         raise _LabError("--burst is for open loop; with --closed, a stream's window is one burst")
     duration = args.duration
@@ -305,6 +327,7 @@ def build_workload(args: argparse.Namespace) -> wl.Workload:
         duration=duration,
         messages=args.messages,
         seed=args.seed,
+        link=args.link,
     )
 
 

@@ -19,7 +19,13 @@ Workers have no tasks: an idle worker takes its socket's next message with
 ``cost * slowdown`` later.  Replies are read straight out of the memory
 streams' buffers.  The workers' queues are their sockets' receive queues
 (unbounded here, so that the policy's choice, not backpressure, decides where
-a request waits); there is no wire delay.
+a request waits).  With no ``--link`` there is no wire: a write arrives at
+once.  With one, each stream has a link per direction that carries
+``bandwidth`` bytes per second plus a propagation delay: a peer's write reaches
+the mux when the link has sent it (a "deliver" event), and the mux's writer
+waits in ``send_all`` until its link has sent the write (a "sent" event; the
+peer reads it ``delay`` later, a "wire" event) -- so writes queue on a slow
+stream and the transmit policy sees it.
 
 **Real** (:func:`run_real`, ``--real``): ``M`` loopback TCP connections to an
 in-process peer, real time, workers as tasks that ``receive``, sleep for the
@@ -27,9 +33,10 @@ service time and ``send``.  Not reproducible; a smoke test of the same
 workload against the real world.
 
 Latency, in both: from the moment the peer writes a request to the moment it
-has read the whole reply -- queueing at the worker plus service time (plus,
-for real runs, everything in between).  Replies may come back on any stream
-(the transmit policy picks one), so the peer matches them by request id.
+has read the whole reply -- queueing at the worker plus service time, plus the
+links' time with ``--link`` (plus, for real runs, everything in between).
+Replies may come back on any stream (the transmit policy picks one), so the
+peer matches them by request id.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import heapq
 import math
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -65,11 +73,14 @@ _UNBOUNDED = 1 << 60
 #: Called now and then with the fraction of the issuing window done.
 Progress = Callable[[float], None]
 
-# Event kinds.
+# Event kinds; the argument is a stream index, or a worker index for _DONE.
 _OPEN = 0  # open loop: a stream's peer writes a burst, and schedules its next one
 _WINDOW = 1  # closed loop, at 0: a stream's peer writes its whole window at once
 _NEXT = 2  # closed loop: a reply freed a slot, the origin's peer writes one request
 _DONE = 3  # a worker finished its request
+_DELIVER = 4  # --link: a peer's write reaches the mux
+_SENT = 5  # --link: the link finished sending the mux's write (its writer goes on)
+_WIRE = 6  # --link: ... and the write reaches the peer
 
 
 def make_policy(spec: PolicySpec, seed: int) -> Policy:
@@ -103,22 +114,24 @@ def _reply(size: int, rid: int, worker: int) -> bytes:
 
 
 class _Pipe(trio.abc.Stream):
-    """The mux's end of one simulated connection: a byte stream with no wire.
+    """The mux's end of one simulated connection.
 
     The driver puts the peer's bytes in with :meth:`put` (waking the mux's
-    reader) and takes what the mux wrote with :meth:`take`.  Like
+    reader); what the mux writes goes to ``on_write(index, data)``, which
+    returns whether the write occupies a link: then ``send_all`` waits until
+    the driver calls :meth:`release`.  Like
     :class:`trio.testing.MemoryReceiveStream` / ``MemorySendStream``, minus
-    their extra checkpoints, which cost a scheduler round each: ``send_all``
-    never blocks and is no checkpoint at all (the mux's writer parks right
-    after it anyway).
+    their extra checkpoints, which cost a scheduler round each: with no link,
+    ``send_all`` is no checkpoint at all (the mux's writer parks right after
+    it anyway).
     """
 
-    def __init__(self, index: int, wrote: list[int]) -> None:
+    def __init__(self, index: int, on_write: Callable[[int, bytes], bool]) -> None:
         self._index = index
-        self._wrote = wrote
+        self._on_write = on_write
         self._incoming = bytearray()
-        self._outgoing = bytearray()
         self._lot = trio.lowlevel.ParkingLot()
+        self._sending = trio.lowlevel.ParkingLot()
         self._closed = False
 
     # the driver's side
@@ -127,10 +140,9 @@ class _Pipe(trio.abc.Stream):
         self._incoming += data
         self._lot.unpark_all()
 
-    def take(self) -> bytearray:
-        data = self._outgoing
-        self._outgoing = bytearray()
-        return data
+    def release(self) -> None:
+        """The link finished sending the last write: ``send_all`` returns."""
+        self._sending.unpark_all()
 
     # the mux's side
 
@@ -151,8 +163,8 @@ class _Pipe(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError
-        self._outgoing += data
-        self._wrote.append(self._index)
+        if self._on_write(self._index, bytes(data)):
+            await self._sending.park()
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -216,8 +228,16 @@ class _Simulation:
         self.issuing = True
         self.window_end = w.duration
         self.idle = list(range(w.workers))  # idle workers, in index order
-        self.dirty: list[int] = []  # streams the mux wrote to since the last look
-        self.buffers = [bytearray() for _ in range(w.streams)]
+        self.dirty: list[int] = []  # streams with new bytes for the peer
+        self.buffers = [bytearray() for _ in range(w.streams)]  # the peer's, per stream
+        # --link: when each link is free again, each way, and the writes on it.
+        link = w.link
+        self.bandwidth = [link.bandwidth_of(i) if link else 0.0 for i in range(w.streams)]
+        self.delay = link.delay if link else 0.0
+        self.up_free = [0.0] * w.streams
+        self.down_free = [0.0] * w.streams
+        self.uplink: list[deque[bytes]] = [deque() for _ in range(w.streams)]
+        self.downlink: list[deque[bytes]] = [deque() for _ in range(w.streams)]
         self.pipes: list[_Pipe] = []
         self.socks: list[KCMSocket] = []
         # Open loop: each stream's peer is a Poisson source of bursts.
@@ -258,7 +278,7 @@ class _Simulation:
             max_message_size=max(w.size, w.reply_size, 1 << 16),
         ) as mux:
             for i in range(w.streams):
-                pipe = _Pipe(i, self.dirty)
+                pipe = _Pipe(i, self._wrote)
                 mux.attach(pipe)
                 self.pipes.append(pipe)
             self.socks = [mux.socket() for _ in range(w.workers)]
@@ -291,8 +311,17 @@ class _Simulation:
                 clock.jump(max(0.0, self.t0 + t - clock.current_time()))
             if kind == _DONE:
                 await self._done(arg)
-            else:
+            elif kind <= _NEXT:
                 await self._arrive(kind, arg)
+            elif kind == _DELIVER:
+                await self._deliver(arg, self.uplink[arg].popleft())
+            elif kind == _SENT:
+                self.pipes[arg].release()
+                await trio.testing.wait_all_tasks_blocked()
+            else:  # _WIRE
+                self.buffers[arg] += self.downlink[arg].popleft()
+                self.dirty.append(arg)
+                self._collect()
             steps += 1
             if progress is not None and not steps & 1023:
                 progress(min(1.0, self.now / duration) if math.isfinite(duration) else 0.0)
@@ -319,11 +348,37 @@ class _Simulation:
         r = self.result
         r.issued += count
         r.requests_per_stream[stream] += count
-        self.pipes[stream].put(b"".join(data))
-        await trio.testing.wait_all_tasks_blocked()
-        self._start_idle()
         if w.messages is not None and self.next_id >= w.messages:
             self.stop_issuing()
+        payload = b"".join(data)
+        bandwidth = self.bandwidth[stream]
+        if bandwidth:
+            done = max(self.now, self.up_free[stream]) + len(payload) / bandwidth
+            self.up_free[stream] = done
+            self.uplink[stream].append(payload)
+            self.schedule(done + self.delay, _DELIVER, stream)
+        else:
+            await self._deliver(stream, payload)
+
+    async def _deliver(self, stream: int, data: bytes) -> None:
+        """The peer's bytes reach the mux: its reader steers them, idle workers start."""
+        self.pipes[stream].put(data)
+        await trio.testing.wait_all_tasks_blocked()
+        self._start_idle()
+
+    def _wrote(self, stream: int, data: bytes) -> bool:
+        """The mux wrote ``data`` on ``stream`` (called by its writer, in the settle)."""
+        bandwidth = self.bandwidth[stream]
+        if not bandwidth:
+            self.buffers[stream] += data
+            self.dirty.append(stream)
+            return False
+        done = max(self.now, self.down_free[stream]) + len(data) / bandwidth
+        self.down_free[stream] = done
+        self.downlink[stream].append(data)
+        self.schedule(done, _SENT, stream)
+        self.schedule(done + self.delay, _WIRE, stream)
+        return True
 
     async def _done(self, worker: int) -> None:
         rid = self.current[worker]
@@ -373,9 +428,7 @@ class _Simulation:
         r = self.result
         w = self.w
         for stream in self.dirty:
-            buffer = self.buffers[stream]
-            buffer += self.pipes[stream].take()
-            for frame in _frames(buffer):
+            for frame in _frames(self.buffers[stream]):
                 _, rid, _ = _REPLY.unpack_from(frame)
                 sent, origin = self.sent.pop(rid)
                 r.latencies.append(self.now - sent)

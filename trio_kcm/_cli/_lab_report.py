@@ -8,7 +8,8 @@ number is undefined::
       "engine": "virtual" | "real",
       "workload": {streams, workers, service, service_mean, slow_workers,
                    slow_factor, mode ("open" | "closed"), rate, load, closed,
-                   burst, capacity, size, reply_size, duration, messages, seed},
+                   burst, capacity, size, reply_size, duration, messages, seed,
+                   link (null, or its spec: "10MB/s,delay=50us,x10")},
       "policies": {
         NAME: {policy, requests, completed, unanswered, throughput, window,
                backlog, drain,
@@ -37,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._lab_stats import RunResult
-from ._lab_workload import Workload, format_seconds
+from ._lab_workload import Workload, format_bandwidth, format_seconds
 
 __all__ = ["FORMAT", "describe_workload", "plot", "render_table", "to_json"]
 
@@ -77,6 +78,15 @@ def describe_workload(workload: Workload, engine: str) -> str:
         )
     else:
         parts.append(f"closed loop, {w.closed} outstanding per stream")
+    if w.link is not None:
+        link = w.link
+        text = f"links {format_bandwidth(link.bandwidth)}"
+        if link.delay:
+            text += f" + {format_seconds(link.delay)}"
+        if link.slow_links:
+            who = "stream 0" if link.slow_links == 1 else f"streams 0-{link.slow_links - 1}"
+            text += f" ({who} {link.slow_factor:g}x slower)"
+        parts.append(text)
     size = f"{w.size} B requests" + (
         f", {w.reply_size} B replies" if w.reply_size != w.size else ""
     )

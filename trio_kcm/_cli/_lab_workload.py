@@ -20,6 +20,19 @@ slower.  Every request carries a *cost* drawn from the distribution (the same
 request costs for every policy: common random numbers); a worker with factor
 ``F`` serves it in ``cost * F`` seconds.
 
+Link syntax (``--link``, virtual time only; default: no wire at all)::
+
+    BANDWIDTH[,delay=TIME][,xF][,slow=K]
+
+    BANDWIDTH  per stream and direction: 100MB/s, 1Gbit/s, 500kB/s (SI units;
+               KiB/s, MiB/s are binary; the /s may be left out)
+    delay=T    one-way propagation delay added to every write (default 0)
+    xF         one stream (stream 0) is F times slower; slow=K: K streams
+
+A write occupies its link for ``size / bandwidth``; writes on one link queue
+behind each other, so the mux's writer for that stream waits (and the
+transmit policy sees its queue grow).
+
 Policy syntax (``--policies``): names separated by commas, each optionally
 with options for its factory, as Python literals (a bare word is a string)::
 
@@ -37,12 +50,16 @@ from typing import Any
 
 __all__ = [
     "KINDS",
+    "LinkSpec",
     "PolicySpec",
     "ServiceSpec",
     "Workload",
+    "format_bandwidth",
     "format_seconds",
+    "parse_bandwidth",
     "parse_count",
     "parse_duration",
+    "parse_link",
     "parse_policies",
     "parse_service",
     "parse_size",
@@ -240,6 +257,110 @@ def parse_service(text: str) -> ServiceSpec:
     )
 
 
+_RATE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)\s*(?:/\s*s)?\s*")
+_RATE_UNITS = {
+    "": 1.0,
+    "b": 1.0,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+    "kib": 1024.0,
+    "mib": 1024.0**2,
+    "gib": 1024.0**3,
+    "bit": 1 / 8,
+    "kbit": 1e3 / 8,
+    "mbit": 1e6 / 8,
+    "gbit": 1e9 / 8,
+}
+
+
+def parse_bandwidth(text: str) -> float:
+    """``"100MB/s"`` -> bytes per second (``"1Gbit/s"``: 125e6)."""
+    m = _RATE.fullmatch(text)
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _RATE_UNITS:
+        raise ValueError(f"a bandwidth should look like 100MB/s, 1Gbit/s or 512KiB/s, not {text!r}")
+    value = float(m.group(1)) * _RATE_UNITS[unit]
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"a bandwidth must be > 0, not {text!r}")
+    return value
+
+
+def format_bandwidth(value: float) -> str:
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
+        if value >= scale:
+            return f"{value / scale:g}{unit}"
+    return f"{value:g}B/s"
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """The wire under each stream: bandwidth, delay, and which streams are slower."""
+
+    bandwidth: float
+    delay: float = 0.0
+    slow_factor: float = 1.0
+    slow_links: int = 0
+    text: str = field(default="", compare=False)
+
+    def bandwidth_of(self, stream: int) -> float:
+        """Bytes per second of ``stream``'s link, each way."""
+        return self.bandwidth / (self.slow_factor if stream < self.slow_links else 1.0)
+
+    def describe(self) -> str:
+        parts = [format_bandwidth(self.bandwidth)]
+        if self.delay:
+            parts.append(f"delay={format_seconds(self.delay, digits=6)}")
+        if self.slow_links:
+            parts.append(f"x{self.slow_factor:g}")
+            if self.slow_links != 1:
+                parts.append(f"slow={self.slow_links}")
+        return ",".join(parts)
+
+
+def parse_link(text: str) -> LinkSpec:
+    """Parse a ``--link`` spec (see the module docstring); ``ValueError`` if bad."""
+    head, _, rest = text.strip().partition(",")
+    bandwidth = parse_bandwidth(head)
+    delay = 0.0
+    factor: float | None = None
+    count: int | None = None
+    for raw in rest.split(",") if rest else []:
+        opt = raw.strip()
+        key, eq, value = opt.partition("=")
+        key = key.strip().lower()
+        if not eq and re.fullmatch(r"x[0-9.eE+-]+", key):
+            try:
+                factor = float(key[1:])
+            except ValueError:
+                factor = math.nan
+            if not (math.isfinite(factor) and factor >= 1):
+                raise ValueError(
+                    f"{text!r}: bad option {opt!r}: the slow-link factor must be a number"
+                    " >= 1, e.g. x10"
+                )
+        elif eq and key == "delay":
+            delay = parse_duration(value, what="the link delay")
+        elif eq and key == "slow":
+            try:
+                count = int(value)
+            except ValueError:
+                count = -1
+            if count < 0:
+                raise ValueError(f"{text!r}: bad option {opt!r}: slow must be a whole number >= 0")
+        else:
+            raise ValueError(
+                f"{text!r}: unknown option {opt!r} for a link (allowed: delay=TIME, xF, slow=K)"
+            )
+    if count is not None and factor is None:
+        raise ValueError(f"{text!r}: slow={count} needs a factor too, e.g. x10")
+    if factor is None or count == 0 or factor == 1.0:
+        factor, count = 1.0, 0
+    elif count is None:
+        count = 1
+    return LinkSpec(bandwidth, delay, factor, count, text=text)
+
+
 @dataclass(frozen=True)
 class Workload:
     """Everything one lab run does, apart from the policy.
@@ -262,6 +383,8 @@ class Workload:
     duration: float
     messages: int | None
     seed: int
+    #: The wire under each stream; ``None``: none (writes arrive at once).
+    link: LinkSpec | None = None
 
     @property
     def open_loop(self) -> bool:
@@ -300,6 +423,7 @@ class Workload:
             "duration": self.duration,
             "messages": self.messages,
             "seed": self.seed,
+            "link": self.link.describe() if self.link else None,
         }
 
 
