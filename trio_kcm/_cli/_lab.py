@@ -458,11 +458,15 @@ def _run(args: argparse.Namespace, workload: wl.Workload, specs: list[wl.PolicyS
         for spec in specs:
             one(spec, None)
 
-    if args.json:
-        print(to_json(engine, workload, reports, errors))
-    elif args.markdown:
-        print(markdown_table(workload, engine, reports))
-    elif reports:
+    try:
+        if args.json:
+            print(to_json(engine, workload, reports, errors), flush=True)
+        elif args.markdown:
+            print(markdown_table(workload, engine, reports), flush=True)
+    except BrokenPipeError:  # | head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    if reports and not (args.json or args.markdown):
         wall = time.perf_counter() - start
         console.print(render_table(workload, engine, reports, wall, width=console.width))
     if args.plot and results:

@@ -175,6 +175,13 @@ class _Pipe(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
+def _done_fraction(w: Workload, now: float, issued: int) -> float:
+    """How far issuing has got: by time or by count, whichever is further."""
+    by_time = now / w.duration if math.isfinite(w.duration) else 0.0
+    by_count = issued / w.messages if w.messages else 0.0
+    return min(1.0, max(by_time, by_count))
+
+
 def _frames(buffer: bytearray) -> list[bytes]:
     """Take the whole frames off the front of ``buffer`` (the peer's own deframer)."""
     out: list[bytes] = []
@@ -300,7 +307,6 @@ class _Simulation:
     async def _loop(self) -> None:
         heap = self.heap
         progress = self.progress
-        duration = self.w.duration
         clock = self.clock
         steps = 0
         while heap:
@@ -324,7 +330,7 @@ class _Simulation:
                 self._collect()
             steps += 1
             if progress is not None and not steps & 1023:
-                progress(min(1.0, self.now / duration) if math.isfinite(duration) else 0.0)
+                progress(_done_fraction(self.w, self.now, self.next_id))
 
     async def _arrive(self, kind: int, stream: int) -> None:
         w = self.w
@@ -527,8 +533,8 @@ class _Real:
         if now >= w.duration or (w.messages is not None and self.next_id >= w.messages):
             self._stop_issuing(now)
             return False
-        if self.progress is not None and math.isfinite(w.duration):
-            self.progress(now / w.duration)
+        if self.progress is not None:
+            self.progress(_done_fraction(w, now, self.next_id))
         return True
 
     def _stop_issuing(self, now: float) -> None:

@@ -66,7 +66,10 @@ def describe_workload(workload: Workload, engine: str) -> str:
     """One line saying what ran."""
     w = workload
     svc = w.service
-    parts = [f"{w.streams} streams -> {w.workers} workers", f"service {svc.describe()}"]
+    parts = [
+        f"{_plural(w.streams, 'stream')} -> {_plural(w.workers, 'worker')}",
+        f"service {svc.describe()}",
+    ]
     if svc.slow_workers:
         who = "worker 0" if svc.slow_workers == 1 else f"workers 0-{svc.slow_workers - 1}"
         parts[-1] += f" ({who} {svc.slow_factor:g}x slower)"
@@ -104,6 +107,10 @@ def describe_workload(workload: Workload, engine: str) -> str:
     return ", ".join(parts)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _ms(value: object) -> str:
     return format_seconds(value) if isinstance(value, (int, float)) else "-"
 
@@ -116,9 +123,11 @@ def _shares(shares: Sequence[float], *, span: bool = True) -> str:
     if not shares:
         return "-"
     top = max(shares)
+    if top <= 0:
+        return "-"
     lo, hi = min(shares) * 100, top * 100
     text = f"{lo:.1f}-{hi:.1f}%"
-    if len(shares) > 16 or top <= 0:
+    if len(shares) > 16:
         return text
     bars = "".join(_BARS[max(1 if x > 0 else 0, round(x / top * 8))] for x in shares)
     return f"{bars} {text}" if span else bars
