@@ -91,9 +91,17 @@ class Runs:
             for name, args in commands.items()
         }
         self.results: dict[str, subprocess.CompletedProcess[str]] = {}
-        for name, proc in procs.items():
-            out, err = proc.communicate(timeout=120)
-            self.results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        try:
+            for name, proc in procs.items():
+                out, err = proc.communicate(timeout=120)
+                self.results[name] = subprocess.CompletedProcess(
+                    proc.args, proc.returncode, out, err
+                )
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
 
     def __getitem__(self, name: str) -> subprocess.CompletedProcess[str]:
         return self.results[name]

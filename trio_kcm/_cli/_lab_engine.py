@@ -4,28 +4,38 @@ Both engines use the real :func:`trio_kcm.open_mux` with the real policy; they
 differ in what stands around it.
 
 **Virtual** (:func:`simulate`, the default): ``M`` in-memory streams
-(:mod:`trio.testing` memory streams) and ``N`` KCM sockets, in
-``trio.run(clock=MockClock(autojump_threshold=0))``.  Reproducible for a seed,
-in any process, because exactly one task drives everything: a discrete-event
-loop over a heap of ``(time, seq, event)``, ties broken by ``seq`` (the order
-events were scheduled).  For each event the driver sleeps until its virtual
-time, does exactly *one* thing that wakes exactly one mux task -- a peer
-writes a request frame into stream ``i``, or worker ``j`` sends its reply with
-``send_nowait`` -- and then waits with ``wait_all_tasks_blocked()`` until the
-mux's reader or writer has handled it.  So at every instant at most one task
-can run, and Trio's randomised scheduling order has nothing to choose from.
-Workers have no tasks: an idle worker takes its socket's next message with
-``receive_nowait`` right after each event and schedules its own "done" event
-``cost * slowdown`` later.  Replies are read straight out of the memory
-streams' buffers.  The workers' queues are their sockets' receive queues
-(unbounded here, so that the policy's choice, not backpressure, decides where
-a request waits).  With no ``--link`` there is no wire: a write arrives at
-once.  With one, each stream has a link per direction that carries
-``bandwidth`` bytes per second plus a propagation delay: a peer's write reaches
-the mux when the link has sent it (a "deliver" event), and the mux's writer
-waits in ``send_all`` until its link has sent the write (a "sent" event; the
-peer reads it ``delay`` later, a "wire" event) -- so writes queue on a slow
-stream and the transmit policy sees it.
+(:class:`_Pipe`, a minimal :class:`trio.abc.Stream`) attached to the mux and
+``N`` KCM sockets on it, in ``trio.run(clock=MockClock())``.  Reproducible for
+a seed, in any process, because exactly one task drives everything: a
+discrete-event loop over a heap of ``(time, seq, kind, arg)``, ties broken by
+``seq`` (the order the events were scheduled in, itself deterministic).  For
+each event the driver moves the mock clock to the event's time (no task
+sleeps, so moving the clock is all the waiting there is), does exactly *one*
+thing that wakes at most one mux task -- a peer's bytes reach stream ``i``
+(its reader wakes), or worker ``j`` sends its reply with ``send_nowait`` (one
+stream's writer wakes), or a link finishes a write (that writer goes on) --
+and then waits with ``wait_all_tasks_blocked()`` until that task has done all
+it can.  So at any moment at most one task is runnable, and Trio's randomised
+scheduling order (and its tie-breaks by object id) has nothing to choose from.
+(One way round it: a transmit policy that holds groups back, returning
+``None``, and then releases them to several streams at once wakes several
+writers together.  No installed policy does.)
+Workers have no tasks: after each event an idle worker takes its socket's
+next message with ``receive_nowait`` and schedules its own "done" event
+``cost * slowdown`` later.  What the mux writes is handed straight to the
+driver, which parses the replies (its own deframer, not the mux's).  The
+workers' queues are their sockets' receive queues, unbounded here, so that
+the policy's choice, not backpressure, decides where a request waits (a
+paused reader woken together with another would also bring back the
+scheduler's randomness).
+
+With no ``--link`` there is no wire: a write arrives at once.  With one, each
+stream has a link per direction that carries ``bandwidth`` bytes per second
+plus a propagation delay: a peer's write reaches the mux when the link has
+sent it (a "deliver" event), and the mux's writer waits in ``send_all`` until
+its link has sent the write (a "sent" event; the peer reads it ``delay``
+later, a "wire" event) -- so writes queue on a slow stream and the transmit
+policy sees it.
 
 **Real** (:func:`run_real`, ``--real``): ``M`` loopback TCP connections to an
 in-process peer, real time, workers as tasks that ``receive``, sleep for the
