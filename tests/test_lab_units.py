@@ -11,7 +11,7 @@ import re
 import statistics
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_kcm._cli._lab_engine import simulate
@@ -458,3 +458,60 @@ def test_simulation_seed_matters() -> None:
 
 def test_service_spec_is_a_value() -> None:
     assert parse_service("exp:1ms") == ServiceSpec("exp", 0.001)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    streams=st.integers(1, 4),
+    workers=st.integers(1, 6),
+    service=st.sampled_from(
+        ["const:1ms", "exp:1ms", "pareto:1ms,alpha=1.2", "lognormal:1ms,sigma=2", "exp:1ms,x5"]
+    ),
+    closed=st.integers(0, 4),
+    burst=st.integers(1, 5),
+    load=st.floats(0.1, 1.5),
+    link=st.sampled_from([None, "1MB/s", "200kB/s,delay=300us,x3"]),
+    policy=st.sampled_from(["round-robin", "batch-affinity", "least-queued"]),
+    seed=st.integers(0, 2**32),
+)
+def test_simulation_invariants(
+    streams: int,
+    workers: int,
+    service: str,
+    closed: int,
+    burst: int,
+    load: float,
+    link: str | None,
+    policy: str,
+    seed: int,
+) -> None:
+    spec = parse_service(service)
+    w = workload(
+        streams=streams,
+        workers=workers,
+        service=spec,
+        closed=closed,
+        burst=1 if closed else burst,
+        rate=load * spec.capacity(workers),
+        duration=0.03,
+        link=parse_link(link) if link else None,
+        seed=seed,
+    )
+    r = simulate(w, PolicySpec(policy))
+    # Every request is answered once, and accounted for everywhere.
+    assert len(r.latencies) == r.issued
+    assert sum(r.steered) == sum(r.requests_per_stream) == sum(r.replies_per_stream) == r.issued
+    assert r.completed_in_window <= r.issued
+    # Nothing is faster than the wire's delay.
+    floor = 2 * w.link.delay if w.link else 0.0
+    assert all(x >= floor - 1e-12 for x in r.latencies)
+    assert all(b >= 0 for b in r.busy)
+    if closed:
+        assert r.issued >= streams * closed  # each window is written at 0
+    # The same run again gives the same numbers.
+    again = simulate(w, PolicySpec(policy))
+    assert (again.latencies, again.steered, again.replies_per_stream) == (
+        r.latencies,
+        r.steered,
+        r.replies_per_stream,
+    )
