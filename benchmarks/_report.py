@@ -322,10 +322,17 @@ def markdown(report: dict[str, Any]) -> str:
                 None,
             )
             unprofiled = f" ({_rate(plain)} msgs/s unprofiled)" if plain else ""
+            writes = prof["tx"].get("writes")
+            per_write = (
+                f"; the sender's mux wrote {rx['messages']:,} messages in {writes:,} writes"
+                f" ({rx['messages'] / writes:.1f} per write)"
+                if writes
+                else ""
+            )
             add(
                 f"`{key}`, {_size(prof['payload'])}, 1x1: {_rate(rx['msgs_per_s'])} msgs/s"
-                f" while profiled{unprofiled}. Share of the profiled time, by function"
-                " (self time):"
+                f" while profiled{unprofiled}{per_write}. Share of the profiled time, by"
+                " function (self time):"
             )
             add("")
             add("| sender | self | receiver | self |")

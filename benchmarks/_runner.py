@@ -25,6 +25,7 @@ from ._spec import Spec
 from ._suite import (
     CALIBRATE,
     KCM_SEND,
+    KCM_SEND_16_4,
     KCM_SEND_MANY,
     PAYLOADS,
     PING,
@@ -115,8 +116,9 @@ def run_pair(
     procs: list[subprocess.Popen[str]] = []
     rx_prof = tx_prof = None
     if profile_dir is not None:
-        rx_prof = profile_dir / f"{spec.kind}-{spec.payload}-rx.json"
-        tx_prof = profile_dir / f"{spec.kind}-{spec.payload}-tx.json"
+        name = f"{spec.kind}-{spec.m}x{spec.n}-{spec.tx_tasks}-{spec.rx_tasks}-{spec.payload}"
+        rx_prof = profile_dir / f"{name}-rx.json"
+        tx_prof = profile_dir / f"{name}-tx.json"
     try:
         # Both start at once; the sender waits for the port on its stdin.
         rx = _start(_command("rx", spec, None, rx_prof))
@@ -317,14 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     if profile:
         profile_dir = args.json.parent / "profiles"
         profile_dir.mkdir(parents=True, exist_ok=True)
-        for config in (KCM_SEND_MANY, KCM_SEND):
+        for config in (KCM_SEND_MANY, KCM_SEND, KCM_SEND_16_4):
             payload = 64
             count = counts.get((rate_class(config), payload)) or (
                 QUICK_COUNT if quick else calibrate(config, payload, args.seconds)
             )
             _log(f"  profiling {config.key} at {payload} B ...")
+            spec = config.spec(payload, count, count_writes=True)
             try:
-                result = run_pair(config.spec(payload, count), profile_dir=profile_dir)
+                result = run_pair(spec, profile_dir=profile_dir)
                 profiles[config.key] = {"payload": payload, **result}
             except RunError as exc:
                 profiles[config.key] = {"payload": payload, "error": str(exc)}

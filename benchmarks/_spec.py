@@ -49,6 +49,9 @@ class Spec:
     rx_tasks: int = 1
     #: Untimed round trips before the timed ones (ping-pong).
     warmup: int = 0
+    #: trio-kcm sender: count the mux's writes (a thin wrapper around each
+    #: stream; used by the profile runs only).
+    count_writes: bool = False
 
     @property
     def frame_size(self) -> int:

@@ -28,7 +28,9 @@ class Config:
     #: move the same total traffic share one).
     rate_class: str = ""
 
-    def spec(self, payload: int, count: int, warmup: int = 0) -> Spec:
+    def spec(
+        self, payload: int, count: int, warmup: int = 0, *, count_writes: bool = False
+    ) -> Spec:
         return Spec(
             kind=self.kind,
             payload=payload,
@@ -38,6 +40,7 @@ class Config:
             tx_tasks=self.tx_tasks,
             rx_tasks=self.rx_tasks,
             warmup=warmup,
+            count_writes=count_writes,
         )
 
     @property
@@ -55,7 +58,6 @@ KCM_SEND_16_4 = Config(
     "kcm-send",
     tx_tasks=16,
     rx_tasks=4,
-    rate_class="kcm-send",
 )
 KCM_BATCH = Config("kcm-batch", "trio-kcm batch() / receive_many, 1x1", "kcm-batch")
 
@@ -112,6 +114,7 @@ CALIBRATE = {
     "raw-batched": RAW_BATCHED,
     "zmq": ZMQ,
     "kcm-send": KCM_SEND,
+    "kcm-send-16-4": KCM_SEND_16_4,
     "kcm-send-many": KCM_SEND_MANY,
     "kcm-batch": KCM_BATCH,
 }

@@ -227,6 +227,30 @@ async def _ping_raw_client(spec: Spec, port: int) -> Result:
 # trio-kcm
 
 
+class _CountingStream(trio.abc.Stream):
+    """A stream that counts the writes made to it (``Spec.count_writes``)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.writes = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 async def _kcm_rx(spec: Spec, port: int) -> Result:
     streams = await _accept(port, spec.m)
     clock = _Clock(spec.count)
@@ -260,7 +284,9 @@ async def _kcm_rx(spec: Spec, port: int) -> Result:
 
 
 async def _kcm_tx(spec: Spec, port: int) -> Result:
-    streams = await _connect(port, spec.m)
+    connected = await _connect(port, spec.m)
+    counting = [_CountingStream(s) for s in connected] if spec.count_writes else []
+    streams: list[trio.abc.Stream] = [*counting] if counting else [*connected]
     frame = _frame(spec)
     group = spec.group
     frames = [frame] * group
@@ -300,7 +326,10 @@ async def _kcm_tx(spec: Spec, port: int) -> Result:
         c1 = time.process_time()
         _profile(False)
     t2 = time.perf_counter()
-    return {"seconds": t1 - t0, "cpu": (c1 - c0) / (t1 - t0), "flushed": t2 - t0}
+    result = {"seconds": t1 - t0, "cpu": (c1 - c0) / (t1 - t0), "flushed": t2 - t0}
+    if counting:
+        result["writes"] = sum(s.writes for s in counting)
+    return result
 
 
 async def _ping_kcm_server(spec: Spec, port: int) -> Result:
