@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -114,6 +113,3 @@ def is_full(sock: KCMSocket) -> bool:
     while full has its queue moved away, so it does not look full after.)
     """
     return sock.receive_enabled and sock.rx_queued_bytes >= sock.receive_buffer_size
-
-
-Clock = Callable[[], float]

@@ -58,16 +58,21 @@ class _Ring(Generic[T]):
     at or after its hash, going round.
 
     ``entries`` is one sorted list of ``point << 32 | slot``: one bisect finds
-    a key's point and its owner at once.  Adding or removing a member rebuilds
-    it, O(n * replicas); lookups are O(log(n * replicas)).
+    a key's point and its owner at once, O(log(n * replicas)).  Membership
+    changes are applied to it at the next lookup, all together: one change
+    costs O(n * replicas) (a merge, or a filter), and a crowd of sockets made
+    in a row costs one sort, not one rebuild each.
     """
 
-    __slots__ = ("_replicas", "entries", "members")
+    __slots__ = ("_added", "_pending", "_removed", "_replicas", "entries", "members")
 
     def __init__(self, replicas: int) -> None:
         self._replicas = replicas
         self.entries: list[int] = []
         self.members: dict[int, T] = {}
+        self._added: list[int] = []  # points of new members, not in entries yet
+        self._pending: set[int] = set()  # their slots
+        self._removed: set[int] = set()  # slots whose points must leave entries
 
     def add(self, slot: int, member: T) -> None:
         if not 0 <= slot <= _SLOT_MASK:  # pragma: no cover - indices are small
@@ -76,7 +81,11 @@ class _Ring(Generic[T]):
             self.members[slot] = member  # same arcs, new holder
             return
         self.members[slot] = member
-        points = [
+        if slot in self._removed:
+            self._removed.discard(slot)  # its points never left
+            return
+        self._pending.add(slot)
+        self._added += [
             int.from_bytes(
                 hashlib.blake2b(b"%d-%d" % (slot, r), digest_size=8, person=_POINT_PERSON).digest(),
                 "big",
@@ -85,18 +94,35 @@ class _Ring(Generic[T]):
             | slot
             for r in range(self._replicas)
         ]
-        points.sort()
-        # Two sorted runs: timsort merges them in linear time.
-        self.entries = sorted(self.entries + points)
 
     def remove(self, slot: int) -> None:
-        if self.members.pop(slot, None) is not None:
-            self.entries = [e for e in self.entries if e & _SLOT_MASK != slot]
+        if self.members.pop(slot, None) is None:
+            return
+        if slot in self._pending:
+            self._pending.discard(slot)
+            self._added = [e for e in self._added if e & _SLOT_MASK != slot]
+        else:
+            self._removed.add(slot)
+
+    def _apply(self) -> None:
+        if self._removed:
+            removed = self._removed
+            self.entries = [e for e in self.entries if e & _SLOT_MASK not in removed]
+            removed.clear()
+        if self._added:
+            # A sorted run and an unsorted tail: timsort sorts the tail and
+            # merges, O(n * replicas + new log new).
+            self.entries = sorted(self.entries + self._added)
+            self._added = []
+            self._pending.clear()
 
     def locate(self, point: int) -> int:
         """The position in ``entries`` of the first point at or after ``point``."""
-        i = bisect_left(self.entries, point << _SLOT_BITS)
-        return i if i < len(self.entries) else 0
+        if self._added or self._removed:
+            self._apply()
+        entries = self.entries
+        i = bisect_left(entries, point << _SLOT_BITS)
+        return i if i < len(entries) else 0
 
     def member_at(self, pos: int) -> T:
         return self.members[self.entries[pos] & _SLOT_MASK]
