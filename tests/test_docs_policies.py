@@ -103,7 +103,10 @@ async def test_the_tutorial_policy_in_a_real_mux(installed: pathlib.Path) -> Non
         await trio.testing.wait_all_tasks_blocked()
         per_stream = [s.statistics().tx_msgs for s in mux.streams]
         assert sum(per_stream) == 40 and all(per_stream)
-        out = [await PeerReader(peer).read_frames(k) for (_, peer), k in zip(pairs, per_stream)]
+        out = [
+            await PeerReader(peer).read_frames(k)
+            for (_, peer), k in zip(pairs, per_stream, strict=True)
+        ]
         assert sorted(m for o in out for m in o) == sorted(frame(b"out%d" % n) for n in range(40))
 
 
@@ -121,7 +124,7 @@ def test_trio_kcm_policies_lists_it(installed: pathlib.Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    line = next(line for line in result.stdout.splitlines() if "random" in line.split())
+    line = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["random"])
     assert "kcm-random-policy" in line
     assert "A random socket for each message" in result.stdout
 
