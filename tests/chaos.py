@@ -796,6 +796,7 @@ class Soak:
                         report.violation(
                             f"still under way {QUIET_TIMEOUT} s after the end: {waiting[:8]}"
                         )
+                        self.diagnose()
                     background.cancel_scope.cancel()
             # The mux flushed and closed the streams: each peer reads to EOF.
             with trio.move_on_after(QUIET_TIMEOUT):
@@ -807,6 +808,24 @@ class Soak:
                 )
             peer_side.cancel_scope.cancel()
         self.account(mux)
+
+    def diagnose(self) -> None:
+        """Say why the run did not go quiet, where the soak can tell."""
+        mux = self.mux
+        assert mux is not None
+        for conn in self.conns:
+            handle = conn.handle
+            if (
+                self.report.auto_close
+                and handle is not None
+                and handle.state == "failed"
+                and not conn.tap.closed
+            ):
+                # Its peer, no longer read, blocks in send_all for ever.
+                self.report.violation(
+                    f"conn {conn.index} failed ({conn.error!r}) and auto_close=True never"
+                    f" closed it (still in mux.streams: {handle in mux.streams})"
+                )
 
     async def _inject(self, scope: trio.CancelScope) -> None:
         with scope:
