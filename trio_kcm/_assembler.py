@@ -33,12 +33,16 @@ After an error the assembler is finished: the stream it served has failed.
 from __future__ import annotations
 
 import errno as _errno
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from ._errors import BadMessage
-from ._parsers import Parser
+from ._parsers import LengthPrefixed, Parser
 
 __all__ = ["Assembler", "AssemblyError"]
+
+#: ``struct.Struct.unpack_from``.
+_Unpack = Callable[[Any, int], tuple[Any, ...]]
 
 #: Body chunks shorter than this are copied into a buffer (rule 5).
 SMALL_CHUNK = 4096
@@ -72,6 +76,7 @@ class Assembler:
 
     __slots__ = (
         "_body",
+        "_fixed",
         "_have",
         "_head",
         "_max",
@@ -97,6 +102,11 @@ class Assembler:
             header_size = 1
         self._min = header_size
         self._max = max_message_size
+        # LengthPrefixed itself (not a subclass, which may answer otherwise) is
+        # read inline: (unpack_from, offset, adjust).  Same answers, no call.
+        self._fixed: tuple[_Unpack, int, int] | None = None
+        if type(parser) is LengthPrefixed:
+            self._fixed = (parser._struct.unpack_from, parser.offset, parser.adjust)
         # Bytes of a message whose length is not known yet; starts at the message.
         self._head = bytearray()
         # Chunks of a message whose length (_need) is known; _have bytes so far.
@@ -174,11 +184,77 @@ class Assembler:
             # Keep no reference to a caller's mutable buffer.
             body.append(data if type(data) is bytes else bytes(data))
 
+    def is_whole(self, data: bytes | bytearray) -> bool:
+        """True if ``data`` is certainly one or more whole, valid messages.
+
+        A quick check for outgoing messages, without the side effects of
+        :meth:`feed`.  ``False`` means "not known" (a parser without a fast
+        path, or something wrong): :meth:`feed` then decides and explains.
+        """
+        fixed = self._fixed
+        if fixed is None:
+            return False
+        unpack_from, offset, adjust = fixed
+        n = len(data)
+        lowest = self._min
+        highest = self._max
+        pos = 0
+        while n - pos >= lowest:
+            length: int = unpack_from(data, pos + offset)[0] + adjust
+            if length < lowest or length > highest:
+                return False
+            pos += length
+            if pos >= n:
+                return pos == n
+        return False
+
+    def _split_fixed(self, buf: bytes | bytearray, out: list[bytes]) -> int:
+        """Take the whole, valid messages at the start of ``buf``; return where they end.
+
+        The fast path for :class:`LengthPrefixed`: anything unusual (an
+        incomplete header or body, an impossible length) is left to the general
+        loop of :meth:`_split`, which reports it.
+        """
+        assert self._fixed is not None
+        unpack_from, offset, adjust = self._fixed
+        n = len(buf)
+        lowest = self._min
+        highest = self._max
+        pos = 0
+        append = out.append
+        if type(buf) is bytes:
+            while n - pos >= lowest:
+                length = unpack_from(buf, pos + offset)[0] + adjust
+                end = pos + length
+                if length < lowest or length > highest or end > n:
+                    break
+                append(buf[pos:end])
+                pos = end
+        else:
+            view = memoryview(buf)
+            try:
+                while n - pos >= lowest:
+                    length = unpack_from(buf, pos + offset)[0] + adjust
+                    end = pos + length
+                    if length < lowest or length > highest or end > n:
+                        break
+                    append(bytes(view[pos:end]))
+                    pos = end
+            finally:
+                view.release()
+        return pos
+
     def _split(self, buf: bytes | bytearray, out: list[bytes]) -> None:
         parse = self._parse
         resume = self._resume
         n = len(buf)
         pos = 0
+        if self._fixed is not None and not self._watermark:
+            first = len(out)
+            pos = self._split_fixed(buf, out)
+            if pos:
+                self.msgs += len(out) - first
+                self.bytes += pos
         view = memoryview(buf)
         is_bytes = type(buf) is bytes
         try:

@@ -446,15 +446,34 @@ class Mux:
             )
         if not n:
             raise ValueError("KCM cannot send an empty message")
-        if self._validate:
+        if self._validate and not self._validator.is_whole(message):
             self._check_outgoing(message)
         return message
 
     def _prepare_many(self, messages: Iterable[bytes]) -> tuple[list[bytes], int]:
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes an iterable of messages, not one message")
-        prepared = [self._prepare(m) for m in messages]
-        return prepared, sum(map(len, prepared))
+        fixed = self._validator._fixed if self._validate else None
+        if fixed is None:
+            prepared = [self._prepare(m) for m in messages]
+            return prepared, sum(map(len, prepared))
+        # The common case inline (LengthPrefixed, bytes, one message each);
+        # anything else goes through _prepare, which checks and explains.
+        unpack_from, offset, adjust = fixed
+        lowest = self._validator._min
+        highest = self._max_message_size
+        prepare = self._prepare
+        prepared = []
+        append = prepared.append
+        nbytes = 0
+        for m in messages:
+            n = len(m) if type(m) is bytes else -1
+            if not (lowest <= n <= highest and unpack_from(m, offset)[0] + adjust == n):
+                m = prepare(m)
+                n = len(m)
+            append(m)
+            nbytes += n
+        return prepared, nbytes
 
     def _check_outgoing(self, message: bytes) -> None:
         """Refuse a message that is not a sequence of complete messages.
@@ -742,12 +761,22 @@ class Mux:
         n = len(messages)
         policy = self._rx_policy
         pick = policy.pick_socket
+        reschedule = trio.lowlevel.reschedule
+        # _deliver, inline: this loop runs once per message received.
         while i < n and self._rx_candidates:
             message = messages[i]
             sock = pick(origin, message)
             if sock is None:
                 break
-            self._deliver(sock, message, origin)
+            if not sock._rx_candidate:
+                self._deliver(sock, message, origin)  # raises the policy's error
+            sock._rx_queue.append((message, origin))
+            queued = sock._rx_queued_bytes + len(message)
+            sock._rx_queued_bytes = queued
+            if sock._rx_waiters:
+                reschedule(sock._rx_waiters.popleft())
+            if queued >= sock._rx_limit:
+                self._remove_rx_candidate(sock)
             i += 1
         policy.read_done(origin)
         return i
@@ -785,11 +814,14 @@ class Mux:
         sock._rx_bytes += nbytes
         try:
             self._rx_policy.socket_drained(sock, nbytes)
+            # A full socket comes back below half its buffer (the kernel waits
+            # for rcvlowat, by default empty): coming back at the first free
+            # byte would wake a paused reader for every message taken.
             if (
                 not sock._rx_candidate
                 and sock._receive_enabled
                 and not sock._closed
-                and sock._rx_queued_bytes < sock._rx_limit
+                and sock._rx_queued_bytes <= sock._rx_limit >> 1
             ):
                 self._add_rx_candidate(sock)
         except BaseException as exc:
