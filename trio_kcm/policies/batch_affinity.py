@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,16 +26,25 @@ class BatchAffinity(Policy):
     the next, as the kernel's requeue does.
 
     Transmit: a socket keeps the stream it reserved until its queued burst is
-    written (``released``); its next burst takes the stream that was picked
-    longest ago.  Unlike the kernel, a stream is not exclusive to one socket:
-    several sockets may have bursts queued on one stream, so a socket that
-    never stops sending cannot starve the others.
+    written (``released``); its next burst takes the stream with the fewest
+    reservations, and among those the one picked longest ago.  Unlike the
+    kernel, a stream is not exclusive to one socket: when every stream is
+    reserved, a new burst shares the least reserved one, so a socket that
+    never stops sending cannot starve the others -- and a slow stream, whose
+    bursts are never done, does not draw every socket onto it in turn.
     """
 
     def __init__(self) -> None:
         self._sockets: Rotation[KCMSocket] = Rotation()
+        # Membership without a method call: pick_socket runs once per message.
+        self._socket_line = self._sockets._line
         self._bound: dict[AttachedStream, KCMSocket] = {}
-        self._streams: Rotation[AttachedStream] = Rotation()
+        # Transmit: each stream's key is (reservations, when last picked); the
+        # heap holds keys, some stale (lazy deletion: a key counts only while
+        # it is the stream's current one).  O(log n) per pick and release.
+        self._keys: dict[AttachedStream, tuple[int, int]] = {}
+        self._heap: list[tuple[int, int, int, AttachedStream]] = []
+        self._clock = itertools.count()
         self._reserved: dict[KCMSocket, AttachedStream] = {}
 
     def socket_added(self, sock: KCMSocket, /) -> None:
@@ -47,7 +58,7 @@ class BatchAffinity(Policy):
             # Moved or held messages: fill the head of the line first.
             return self._sockets.head()
         sock = self._bound.get(stream)
-        if sock is not None and sock in self._sockets:
+        if sock is not None and sock in self._socket_line:
             return sock
         sock = self._sockets.take()
         if sock is not None:
@@ -59,10 +70,10 @@ class BatchAffinity(Policy):
             self._bound.pop(stream, None)
 
     def stream_added(self, stream: AttachedStream, /) -> None:
-        self._streams.add(stream)
+        self._set_key(stream, 0, next(self._clock))
 
     def stream_removed(self, stream: AttachedStream, /) -> None:
-        self._streams.discard(stream)
+        self._keys.pop(stream, None)  # its heap entries are stale now
         self._bound.pop(stream, None)
         # No released() follows for a removed stream: drop its reservations.
         for sock in [s for s, reserved in self._reserved.items() if reserved is stream]:
@@ -72,13 +83,34 @@ class BatchAffinity(Policy):
         self, sock: KCMSocket, messages: Sequence[bytes], nbytes: int, /
     ) -> AttachedStream | None:
         stream = self._reserved.get(sock)
-        if stream is not None and stream in self._streams:
+        if stream is not None and stream in self._keys:
             return stream
-        stream = self._streams.take()
-        if stream is not None:
-            self._reserved[sock] = stream
+        heap = self._heap
+        keys = self._keys
+        while heap:
+            count, picked, _, stream = heap[0]
+            if keys.get(stream) == (count, picked):
+                break
+            heapq.heappop(heap)
+        else:
+            return None
+        self._reserved[sock] = stream
+        self._set_key(stream, count + 1, next(self._clock))
         return stream
 
     def released(self, stream: AttachedStream, sock: KCMSocket, /) -> None:
         if self._reserved.get(sock) is stream:
             del self._reserved[sock]
+            key = self._keys.get(stream)
+            if key is not None:
+                self._set_key(stream, key[0] - 1, key[1])
+
+    def _set_key(self, stream: AttachedStream, count: int, picked: int) -> None:
+        self._keys[stream] = (count, picked)
+        heap = self._heap
+        # id() breaks ties between equal keys, which only stale entries share.
+        heapq.heappush(heap, (count, picked, id(stream), stream))
+        if len(heap) > 4 * len(self._keys) + 16:
+            keys = self._keys
+            self._heap = [e for e in heap if keys.get(e[3]) == (e[0], e[1])]
+            heapq.heapify(self._heap)
