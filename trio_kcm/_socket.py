@@ -48,10 +48,11 @@ class KCMSocket:
 
     Each socket has two bounded buffers: messages accepted and not written yet
     (``send_buffer_size`` bytes: :meth:`send` waits while it is full) and
-    messages received and not taken yet (``receive_buffer_size`` bytes: while
-    it is full the socket gets no more).  In both, a message is accepted while
-    the buffer is below its size, so a message larger than the buffer still
-    goes through an empty one.
+    messages received and not taken yet (``receive_buffer_size`` bytes: once
+    it is full the socket gets no more until it is down to half, so a reader
+    that paused for room is not woken for every message taken).  In both, a
+    message is accepted while the buffer is below its size, so a message
+    larger than the buffer still goes through an empty one.
 
     Every method raises :exc:`trio.ClosedResourceError` once the socket was
     closed with :meth:`aclose`, or its mux was closed.
