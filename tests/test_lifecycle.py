@@ -336,6 +336,74 @@ async def test_unattach_cancelled_with_no_write_in_flight_completes() -> None:
     assert not stream.closed  # handed back: the application's now
 
 
+class _Gate(trio.abc.Stream):
+    """``send_all`` waits for ``release``; nothing ever arrives."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.release.wait()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await trio.lowlevel.checkpoint()
+
+
+async def _unattach_cancelled_as_the_write_ends(yields: int) -> str:
+    gate = _Gate()
+    got: list[trio.abc.Stream] = []
+    async with trio_kcm.open_mux(parser=P) as mux:
+        handle = mux.attach(gate)
+        sock = mux.socket()
+        await sock.send(frame(b"x"))
+        await trio.testing.wait_all_tasks_blocked()  # the write is under way
+        scope = trio.CancelScope()
+
+        async def unattach() -> None:
+            with scope:
+                got.append(await mux.unattach(handle))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(unattach)
+            await trio.testing.wait_all_tasks_blocked()  # it waits for the write
+            gate.release.set()
+            for _ in range(yields):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert handle not in mux.streams
+        if handle.state == "unattached":
+            assert got == [gate] and not gate.closed
+            assert mux.statistics().stream_errors == 0
+            return "unattached"
+        assert handle.state == "failed" and not got and gate.closed
+        error = await mux.errors().__anext__()
+        assert error.errno == errno.EPIPE
+        assert error.in_doubt == (frame(b"x"),)
+        return "failed"
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2])
+async def test_unattach_cancelled_as_its_write_completes(yields: int) -> None:
+    # The write and the cancel land together, in either order.  Either the
+    # unattach completes (the write ended: nothing in doubt, the stream handed
+    # back open), or the stream fails with the write in doubt and the mux
+    # closes it.  Never a failed stream left open and attached (the race once
+    # left it so, with its peer waiting for ever).
+    outcomes = {await _unattach_cancelled_as_the_write_ends(yields) for _ in range(30)}
+    if yields:
+        assert outcomes == {"unattached"}  # the write had ended before the cancel
+
+
 async def test_unattach_cancelled_before_it_starts_does_nothing() -> None:
     async with trio_kcm.open_mux(parser=P) as mux:
         handle = mux.attach(_Stuck())

@@ -312,8 +312,9 @@ class Mux:
         If this is cancelled while a write is in progress, the stream is failed
         (``EPIPE``; the write's messages are in doubt) and the cancellation
         propagates: the stream stays attached, as ``"failed"``, for the mux (or
-        a later :meth:`unattach`) to close.  With no write in progress there is
-        nothing to wait for, and the unattach completes.
+        a later :meth:`unattach`) to close.  With no write in progress (or one
+        that has just ended) there is nothing in doubt, and the unattach
+        completes; the cancellation is then delivered at the next checkpoint.
 
         Raises:
           ValueError: ``handle`` is not attached to this mux (any more).
@@ -348,11 +349,20 @@ class Mux:
                 try:
                     await handle._done.wait()
                 except trio.Cancelled:
-                    try:
-                        self._fail(handle, _errno.EPIPE, "unattach was cancelled during a write")
-                    except BaseException as exc:
-                        self._crash(exc)
-                    raise
+                    if handle._inflight is not None and not handle._done.is_set():
+                        try:
+                            self._fail(
+                                handle, _errno.EPIPE, "unattach was cancelled during a write"
+                            )
+                        except BaseException as exc:
+                            self._crash(exc)
+                        raise
+                    # The write ended as the cancel came: nothing is in doubt, and
+                    # the stream's tasks leave it open for us (or already have),
+                    # so finish as with no write in flight.  The cancellation
+                    # stays pending for the caller's next checkpoint.
+                    with trio.CancelScope(shield=True):
+                        await handle._done.wait()
             if handle._state is _ACTIVE:
                 handle._state = StreamState.UNATTACHED
                 handle._unread = handle._assembler.take_partial()
