@@ -214,6 +214,41 @@ async def test_batch_holds_until_exit() -> None:
                 pass
 
 
+async def test_sends_in_a_batch_are_cancel_points_not_schedule_points() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio_kcm.open_mux(parser=P) as mux:
+        ours, peer = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        sock = mux.socket()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            async with sock.batch():
+                before = ticks
+                assert before  # the ticker runs whenever this task yields
+                for i in range(50):
+                    await sock.send(frame(b"b%d" % i))
+                await sock.send_many([frame(b"m1"), frame(b"m2")])
+                assert ticks == before  # no other task ran
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await sock.send(frame(b"never"))  # still a cancel point
+                assert scope.cancelled_caught
+            assert ticks > before  # the end of the batch is a checkpoint
+            nursery.cancel_scope.cancel()
+        expected = [frame(b"b%d" % i) for i in range(50)] + [frame(b"m1"), frame(b"m2")]
+        assert await PeerReader(peer).read_frames(52) == expected
+        assert sock.statistics().tx_msgs == 52  # the cancelled one was not accepted
+
+
 async def test_batch_flushes_when_buffer_fills_and_on_exception() -> None:
     async with trio_kcm.open_mux(parser=P, send_buffer_size=30) as mux:
         ours, peer = trio.testing.memory_stream_pair()
