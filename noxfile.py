@@ -62,14 +62,16 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the packages (trio_kcm and the policies distribution)."""
     # exceptiongroup: mypy checks the Python 3.10 branch, which imports it.
-    session.install("-e", ".[cli,plot]", "./policies", "mypy>=1.10", "exceptiongroup>=1.2")
+    session.install(
+        "-e", ".[cli,plot,prometheus]", "./policies", "mypy>=1.10", "exceptiongroup>=1.2"
+    )
     session.run("mypy", "--strict", "trio_kcm", "policies/trio_kcm_policies")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the Sphinx documentation, warnings as errors."""
-    session.install("-e", ".[docs]")
+    session.install("-e", ".[docs,prometheus]")  # autodoc imports trio_kcm.prometheus
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
