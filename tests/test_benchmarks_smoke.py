@@ -82,3 +82,28 @@ def test_memory_and_targets_are_reported(quick_report: dict[str, object]) -> Non
     targets = quick_report["targets"]
     assert isinstance(targets, list)
     assert any("ping-pong" in t["target"] for t in targets)
+
+
+def test_the_microbenchmarks_run() -> None:
+    micro = ROOT / "benchmarks" / "micro.py"
+    if not micro.exists():
+        pytest.skip("the benchmarks/ folder is not in this tree")
+    proc = subprocess.run(
+        [sys.executable, str(micro), "--scale", "0.01"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = dict(line.split(None, 1) for line in proc.stdout.splitlines()[1:])
+    assert set(rows) == {
+        "rx-raw",
+        "rx-many",
+        "rx-receive",
+        "tx-raw",
+        "tx-many",
+        "tx-batch",
+        "tx-send16",
+    }
+    assert all(float(rate.replace(",", "")) > 0 for rate in rows.values())
