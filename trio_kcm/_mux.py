@@ -27,6 +27,7 @@ Who owns what (see also ``docs/design.md``):
 from __future__ import annotations
 
 import errno as _errno
+import itertools
 import logging
 import math
 import sys
@@ -46,7 +47,7 @@ from ._parsers import Parser, ParserLike, as_parser
 from ._policy import Policy, resolve_policy
 from ._socket import KCMSocket, SocketType, _Batch
 from ._stats import MuxStatistics, StreamState
-from ._stream import AttachedStream, TxGroup
+from ._stream import AttachedStream, PinnedTxGroup, TxGroup
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -74,12 +75,19 @@ _attached: weakref.WeakValueDictionary[int, AttachedStream] = weakref.WeakValueD
 
 
 class _SendWaiter:
-    __slots__ = ("batch", "messages", "nbytes")
+    __slots__ = ("batch", "messages", "nbytes", "target")
 
-    def __init__(self, messages: list[bytes], nbytes: int, batch: _Batch | None) -> None:
+    def __init__(
+        self,
+        messages: list[bytes],
+        nbytes: int,
+        batch: _Batch | None,
+        target: AttachedStream | None = None,
+    ) -> None:
         self.messages = messages
         self.nbytes = nbytes
         self.batch = batch
+        self.target = target  # send_to: the stream it must go on
 
 
 def _lowest_free(used: set[int]) -> int:
@@ -144,7 +152,7 @@ class Mux:
         self._rx_candidates = 0
         self._rx_space = trio_util.RepeatedEvent()
         self._paused_readers = 0
-        self._hold: deque[tuple[bytes, AttachedStream | None]] = deque()
+        self._hold: deque[tuple[bytes, AttachedStream]] = deque()
         # transmit
         self._tx_candidates = 0
         self._tx_waiting: OrderedDict[KCMSocket, None] = OrderedDict()
@@ -334,13 +342,15 @@ class Mux:
             handle._unattaching = True
             try:
                 self._remove_tx_candidate(handle)
-                self._requeue_tx(self._take_pending(handle))
+                # Messages sent to it with send_to stay: they are written first.
+                self._requeue_tx(self._take_pending(handle, pinned=False))
+                self._reject_senders_to(handle)
             except BaseException as exc:
                 self._crash(exc)
                 raise
             handle._reader_scope.cancel()
             handle._writer_lot.unpark_all()
-            if handle._inflight is None:
+            if handle._inflight is None and not handle._tx_pending:
                 # No write to wait for: the tasks end at their next checkpoint.
                 with trio.CancelScope(shield=True):
                     await handle._done.wait()
@@ -493,10 +503,19 @@ class Mux:
             raise
         return True
 
-    async def _wait_send(self, sock: KCMSocket, messages: list[bytes], nbytes: int) -> None:
-        batch = sock._batches.get(trio.lowlevel.current_task()) if sock._batches else None
+    async def _wait_send(
+        self,
+        sock: KCMSocket,
+        messages: list[bytes],
+        nbytes: int,
+        target: AttachedStream | None = None,
+    ) -> None:
         task = trio.lowlevel.current_task()
-        sock._tx_waiters[task] = _SendWaiter(messages, nbytes, batch)
+        if target is None:
+            batch = sock._batches.get(task) if sock._batches else None
+            sock._tx_waiters[task] = _SendWaiter(messages, nbytes, batch)
+        else:
+            sock._tx_waiters[task] = _SendWaiter(messages, nbytes, None, target)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             # Not accepted yet: withdrawing is leaving the line.
@@ -536,8 +555,80 @@ class Mux:
         waiters = sock._tx_waiters
         while waiters and sock._tx_queued_bytes < sock._tx_limit:
             task, waiter = waiters.popitem(last=False)
-            self._accept(sock, waiter.messages, waiter.nbytes, waiter.batch)
+            target = waiter.target
+            if target is None:
+                self._accept(sock, waiter.messages, waiter.nbytes, waiter.batch)
+            else:
+                try:
+                    self._check_target(target)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    trio.lowlevel.reschedule(task, outcome.Error(exc))
+                    continue
+                self._accept_to(sock, target, waiter.messages, waiter.nbytes)
             trio.lowlevel.reschedule(task)
+
+    # ------------------------------------------------------------------------
+    # transmit: pinned to a stream (send_to)
+
+    def _check_target(self, handle: AttachedStream) -> None:
+        """Raise the error ``send_to`` gives for a handle it cannot send on."""
+        if handle._mux is not self:
+            raise ValueError(f"{handle!r} is not attached to this mux")
+        if handle._state is _FAILED:
+            raise trio.BrokenResourceError(f"{handle!r} failed") from handle._error
+        if handle._state is not _ACTIVE or handle._unattaching or handle._released:
+            raise trio.ClosedResourceError(f"{handle!r} was unattached")
+
+    def _try_send_to(
+        self, sock: KCMSocket, handle: AttachedStream, messages: list[bytes], nbytes: int
+    ) -> bool:
+        """Accept a pinned group now if the buffer allows; False if the sender must wait."""
+        if sock._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        self._check_target(handle)
+        if sock._tx_waiters or sock._tx_queued_bytes >= sock._tx_limit:
+            return False
+        self._accept_to(sock, handle, messages, nbytes)
+        return True
+
+    def _accept_to(
+        self, sock: KCMSocket, handle: AttachedStream, messages: list[bytes], nbytes: int
+    ) -> None:
+        """Accept a group for ``handle``: queued there, whatever the policy thinks.
+
+        The policy neither picks it nor hears of it (no ``written``, no
+        ``released``); its bytes count in ``handle.tx_queued_bytes``.
+        """
+        n = len(messages)
+        sock._tx_queued_bytes += nbytes
+        sock._tx_queued_msgs += n
+        sock._tx_msgs += n
+        sock._tx_bytes += nbytes
+        self._tx_outstanding += nbytes
+        group = PinnedTxGroup(sock, messages, nbytes)
+        group.picked_at = trio.current_time()
+        handle._tx_pending.append(group)
+        handle._tx_queued_bytes += nbytes
+        handle._tx_queued_msgs += n
+        if handle._writer_lot:
+            handle._writer_lot.unpark()
+
+    def _reject_senders_to(self, handle: AttachedStream) -> None:
+        """Senders waiting to send_to a handle that just failed or is leaving get its error."""
+        for sock in list(self._sockets):
+            waiters = sock._tx_waiters
+            if not waiters:
+                continue
+            for task, waiter in list(waiters.items()):
+                if waiter.target is handle:
+                    del waiters[task]
+                    try:
+                        self._check_target(handle)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        trio.lowlevel.reschedule(task, outcome.Error(exc))
+            # Those that were behind them may fit now.
+            if waiters:
+                self._wake_senders(sock)
 
     # ------------------------------------------------------------------------
     # transmit: scheduling
@@ -594,10 +685,20 @@ class Mux:
             for sock in list(self._tx_waiting):
                 self._drain_tx_queue(sock)
 
-    def _take_pending(self, stream: AttachedStream) -> list[TxGroup]:
-        """Remove the groups queued on a stream that are not being written."""
-        groups = list(stream._tx_pending)
-        stream._tx_pending.clear()
+    def _take_pending(self, stream: AttachedStream, *, pinned: bool = True) -> list[TxGroup]:
+        """Remove the groups queued on a stream that are not being written.
+
+        With ``pinned=False``, groups sent to it with ``send_to`` stay.
+        """
+        pending = stream._tx_pending  # in place: the writer holds it
+        if pinned:
+            groups = list(pending)
+            pending.clear()
+        else:
+            groups = [g for g in pending if not g.pinned]
+            keep = [g for g in pending if g.pinned] if len(groups) < len(pending) else []
+            pending.clear()
+            pending.extend(keep)
         for group in groups:
             stream._tx_queued_bytes -= group.nbytes
             stream._tx_queued_msgs -= len(group.messages)
@@ -684,7 +785,8 @@ class Mux:
             nmsgs += n
             sock._tx_queued_bytes -= group.nbytes
             sock._tx_queued_msgs -= n
-            if candidate:  # the policy hears nothing more of a removed stream
+            # The policy hears nothing more of a removed stream, nor of send_to.
+            if candidate and not group.pinned:
                 policy.written(stream, sock, group.nbytes, now - group.picked_at)
                 count = owners[sock] - 1
                 if count:
@@ -721,9 +823,7 @@ class Mux:
             self._rx_candidates -= 1
             self._rx_policy.socket_removed(sock)
 
-    def _deliver(
-        self, sock: KCMSocket | None, message: bytes, origin: AttachedStream | None
-    ) -> None:
+    def _deliver(self, sock: KCMSocket | None, message: bytes, origin: AttachedStream) -> None:
         if sock is None or not sock._rx_candidate:
             raise RuntimeError(
                 f"policy {self._rx_policy!r} picked {sock!r}, which is not a receive candidate"
@@ -796,6 +896,11 @@ class Mux:
             self._crash(exc)
             raise
         return out
+
+    def _take_from(self, sock: KCMSocket, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
+        """``_take``, with the stream each message came on."""
+        origins = [o for _, o in itertools.islice(sock._rx_queue, max_messages)]
+        return list(zip(self._take(sock, max_messages), origins, strict=True))
 
     def _move_rx_queue(self, sock: KCMSocket) -> None:
         """A socket stops receiving: its queued messages go to the others."""
@@ -1007,6 +1112,27 @@ class Mux:
                 stream._tx_queued_msgs -= len(group.messages)
         in_doubt = tuple(m for g in inflight for m in g.messages)
         retry = self._take_pending(stream)
+        # Groups sent to this stream with send_to go nowhere else: those not
+        # started are unsent, those in flight are in doubt; neither is retried.
+        lost = [g for g in retry if g.pinned]
+        if lost:
+            retry = [g for g in retry if not g.pinned]
+        unsent = tuple(m for g in lost for m in g.messages)
+        if any(g.pinned for g in inflight):
+            lost += [g for g in inflight if g.pinned]
+            inflight = [g for g in inflight if not g.pinned]
+        if partial is None:
+            partial = stream._assembler.take_partial()
+        error = StreamError(
+            errno,
+            f"psock-{stream._index}: {message}",
+            stream=stream,
+            partial_bytes=partial,
+            in_doubt=in_doubt,
+            unsent=unsent,
+        )
+        error.__cause__ = cause
+        stream._error = error
         if self._retry_in_doubt:
             self._requeue_tx(inflight + retry)
         else:
@@ -1014,17 +1140,9 @@ class Mux:
             # messages must queue behind the retried ones.
             self._requeue_tx(retry)
             self._give_up_tx(inflight)
-        if partial is None:
-            partial = stream._assembler.take_partial()
+        self._give_up_tx(lost)
+        self._reject_senders_to(stream)
         self._hold_messages(stream)
-        error = StreamError(
-            errno,
-            f"psock-{stream._index}: {message}",
-            stream=stream,
-            partial_bytes=partial,
-            in_doubt=in_doubt,
-        )
-        error.__cause__ = cause
         self._post(error)
         stream._scope.cancel()
         logger.warning("%r failed: %s", stream, error)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, TypeVar, final
 
 import trio
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ._stream import AttachedStream
 
 __all__ = ["KCMSocket", "SocketType"]
+
+T = TypeVar("T")
 
 
 class SocketType(enum.Enum):
@@ -90,7 +92,7 @@ class KCMSocket:
         # receive
         self._rx_candidate = False
         self._rx_limit = receive_buffer_size
-        self._rx_queue: deque[tuple[bytes, AttachedStream | None]] = deque()
+        self._rx_queue: deque[tuple[bytes, AttachedStream]] = deque()
         self._rx_queued_bytes = 0
         self._rx_waiters: deque[trio.lowlevel.Task] = deque()
         # transmit
@@ -288,7 +290,7 @@ class KCMSocket:
             waiting).
 
         """
-        return (await self._receive(1))[0]
+        return (await self._receive(1, self._mux._take))[0]
 
     def receive_many_nowait(self, max_messages: int) -> list[bytes]:
         """Take up to ``max_messages`` queued messages, or raise :exc:`trio.WouldBlock`."""
@@ -313,14 +315,14 @@ class KCMSocket:
         """
         if max_messages < 1:
             raise ValueError("max_messages must be >= 1")
-        return await self._receive(max_messages)
+        return await self._receive(max_messages, self._mux._take)
 
-    async def _receive(self, max_messages: int) -> list[bytes]:
+    async def _receive(self, max_messages: int, take: Callable[[KCMSocket, int], T]) -> T:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
         if self._rx_queue:
-            messages = self._mux._take(self, max_messages)
+            messages = take(self, max_messages)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return messages
         task = trio.lowlevel.current_task()
@@ -336,9 +338,105 @@ class KCMSocket:
             if self._closed:
                 raise trio.ClosedResourceError("the KCM socket is closed")
             if self._rx_queue:
-                return self._mux._take(self, max_messages)
+                return take(self, max_messages)
             # Another task took it first, or it moved away: wait at the head.
             waiters.appendleft(task)
+
+    # -- origin and pinned replies (recvfrom / sendto) --------------------------
+
+    def receive_from_nowait(self) -> tuple[bytes, AttachedStream]:
+        """:meth:`receive_from`, or raise :exc:`trio.WouldBlock` if nothing is queued."""
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if not self._rx_queue:
+            raise trio.WouldBlock
+        return self._mux._take_from(self, 1)[0]
+
+    async def receive_from(self) -> tuple[bytes, AttachedStream]:
+        """Wait for one whole message; return it and the stream it came on.
+
+        Like ``recvfrom``: the :class:`AttachedStream` is the handle
+        :meth:`Mux.attach` returned for the stream that carried the message
+        (the kernel's KCM cannot tell).  Pass it to :meth:`send_to` to answer
+        on the same connection.  It is the same message :meth:`receive`
+        would have returned; the handle may have failed or been unattached
+        since.
+
+        Raises:
+          trio.ClosedResourceError: The socket or mux is closed.
+
+        """
+        return (await self._receive(1, self._mux._take_from))[0]
+
+    def receive_many_from_nowait(self, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
+        """:meth:`receive_many_from`, or raise :exc:`trio.WouldBlock` if nothing is queued."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if not self._rx_queue:
+            raise trio.WouldBlock
+        return self._mux._take_from(self, max_messages)
+
+    async def receive_many_from(self, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
+        """:meth:`receive_many`, each message with the stream it came on.
+
+        Returns:
+          1 to ``max_messages`` ``(message, handle)`` pairs, as
+          :meth:`receive_from` returns them.
+
+        Raises:
+          ValueError: ``max_messages`` is below 1.
+          trio.ClosedResourceError: The socket or mux is closed.
+
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        return await self._receive(max_messages, self._mux._take_from)
+
+    def send_to_nowait(self, message: bytes, handle: AttachedStream) -> None:
+        """:meth:`send_to`, or raise :exc:`trio.WouldBlock` if the send buffer is full."""
+        message = self._mux._prepare(message)
+        if not self._mux._try_send_to(self, handle, [message], len(message)):
+            raise trio.WouldBlock
+
+    async def send_to(self, message: bytes, handle: AttachedStream) -> None:
+        """Send one whole message on the stream ``handle``, not where the policy says.
+
+        Like ``sendto``: with the handle :meth:`receive_from` returned, a reply
+        goes back on the connection its request came on, so one mux can serve
+        many clients.  The transmit policy is bypassed (it neither picks the
+        stream nor hears of the message).  Everything else is as for
+        :meth:`send`: the message is checked first, written whole and never
+        interleaved, counts against this socket's send buffer (this waits
+        while it is full, and a cancelled call sent nothing), and messages
+        this socket sends to one stream go out in the order they were
+        accepted, behind what the policy had already queued there.  It is not
+        held by :meth:`batch`, and it does not wait behind messages of this
+        socket that no stream was picked for yet.
+
+        A message sent to a stream never moves to another one.  If the stream
+        fails before writing it, it is listed in the :class:`StreamError`:
+        in :attr:`~StreamError.unsent` if its write had not started, in
+        :attr:`~StreamError.in_doubt` if it had (and it is not resent).  If
+        the stream is unattached, :meth:`Mux.unattach` writes it first.
+
+        Raises:
+          trio.BrokenResourceError: The stream failed (before the message was
+            accepted); its :class:`StreamError` is ``__cause__``.
+          trio.ClosedResourceError: The stream was unattached (or is being
+            unattached), or this socket or the mux is closed.
+          ValueError: ``handle`` belongs to another mux.
+          BadMessage: The mux's parser does not accept ``message``.
+          OSError: ``EMSGSIZE``: ``message`` is above ``max_message_size``.
+
+        """
+        message = self._mux._prepare(message)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._mux._try_send_to(self, handle, [message], len(message)):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._mux._wait_send(self, [message], len(message), handle)
 
     def __aiter__(self) -> KCMSocket:
         return self
