@@ -8,6 +8,15 @@ decides where.
 """
 
 from ._errors import BadMessage, PolicyLoadError, StreamError
+from ._events import (
+    MuxEvent,
+    ReconnectScheduled,
+    StreamAttached,
+    StreamFailed,
+    StreamResumed,
+    StreamStalled,
+    StreamUnattached,
+)
 from ._format import format_stats
 from ._mux import Mux, open_mux
 from ._parsers import Delimited, LengthPrefixed, Parser, ParserLike
@@ -26,16 +35,23 @@ __all__ = [
     "KCMSocket",
     "LengthPrefixed",
     "Mux",
+    "MuxEvent",
     "MuxStatistics",
     "Parser",
     "ParserLike",
     "Policy",
     "PolicyLoadError",
+    "ReconnectScheduled",
     "SocketStatistics",
     "SocketType",
+    "StreamAttached",
     "StreamError",
+    "StreamFailed",
+    "StreamResumed",
+    "StreamStalled",
     "StreamState",
     "StreamStatistics",
+    "StreamUnattached",
     "TCPInfo",
     "__version__",
     "available_policies",

@@ -43,6 +43,7 @@ import trio_util
 
 from ._assembler import Assembler, AssemblyError
 from ._errors import BadMessage, StreamError
+from ._events import MuxEvent, StreamAttached, StreamFailed, StreamUnattached
 from ._parsers import Parser, ParserLike, as_parser
 from ._policy import Policy, resolve_policy
 from ._socket import KCMSocket, SocketType, _Batch
@@ -64,6 +65,8 @@ WRITE_COALESCE = 256 * 1024
 #: Errors of streams no longer attached that may wait for a monitor; beyond
 #: it the oldest are dropped (errors of attached streams are always kept).
 ERROR_BACKLOG = 1024
+#: Events that may wait for a monitor; beyond it the oldest are dropped.
+EVENT_BACKLOG = 1024
 
 _ACTIVE = StreamState.ACTIVE
 _FAILED = StreamState.FAILED
@@ -161,6 +164,8 @@ class Mux:
         # errors
         self._errors: deque[StreamError] = deque()
         self._error_lot = trio.lowlevel.ParkingLot()
+        self._events: deque[MuxEvent] = deque()
+        self._event_lot = trio.lowlevel.ParkingLot()
         # counters
         self._rx_msgs = 0
         self._rx_bytes = 0
@@ -173,6 +178,7 @@ class Mux:
         self._psock_unattach = 0
         self._stream_errors = 0
         self._errors_dropped = 0
+        self._events_dropped = 0
 
     # ------------------------------------------------------------------------
     # public API
@@ -300,6 +306,7 @@ class Mux:
         except BaseException as exc:
             self._crash(exc)
             raise
+        self._event(StreamAttached(handle, trio.current_time()))
         logger.info("attached %r", handle)
         return handle
 
@@ -371,11 +378,11 @@ class Mux:
                 except BaseException as exc:
                     self._crash(exc)
                     raise
-                self._release_stream(handle)
+                self._release_stream(handle, closed=False)
                 logger.info("unattached %r", handle)
                 return handle._stream
         await handle._done.wait()
-        self._release_stream(handle)
+        self._release_stream(handle, closed=False)
         return handle._stream
 
     def errors(self) -> AsyncIterator[StreamError]:
@@ -400,6 +407,33 @@ class Mux:
         """
         return _ErrorFeed(self)
 
+    def events(self) -> AsyncIterator[MuxEvent]:
+        """Iterate over what happens to the streams: the monitor's feed.
+
+        Beside :meth:`errors`, a feed of :class:`MuxEvent` objects, each naming
+        the stream it is about: :class:`StreamAttached`,
+        :class:`StreamUnattached`, :class:`StreamFailed`,
+        :class:`StreamStalled`, :class:`StreamResumed`, and
+        :class:`ReconnectScheduled` from :meth:`supervise`.  They come in the
+        order they happened.
+
+        As with :meth:`errors`, each event is taken once (with several
+        monitors, each event goes to one of them), and events wait in the mux
+        until taken, so a monitor that starts late sees what happened before
+        -- with one bound, so that memory stays bounded with no monitor: beyond
+        1,024 waiting events the oldest are dropped and counted in
+        :attr:`MuxStatistics.events_dropped`.  Iteration ends when the mux has
+        closed and every event was taken.  The iterator needs no closing.
+
+        Example::
+
+            async for event in mux.events():
+                if isinstance(event, trio_kcm.StreamFailed):
+                    log.warning("psock-%d failed: %s", event.stream.index, event.error)
+
+        """
+        return _EventFeed(self)
+
     def statistics(self) -> MuxStatistics:
         """Return a snapshot of the mux's counters."""
         return MuxStatistics(
@@ -416,6 +450,7 @@ class Mux:
             sockets=len(self._sockets),
             stream_errors=self._stream_errors,
             errors_dropped=self._errors_dropped,
+            events_dropped=self._events_dropped,
         )
 
     def __repr__(self) -> str:
@@ -1059,7 +1094,7 @@ class Mux:
                 close = closing and not stream._unattaching
             try:
                 if close and not stream._released:
-                    self._release_stream(stream)
+                    self._release_stream(stream, closed=True)
                     await self._close_stream(stream, graceful=self._graceful)
             finally:
                 stream._done.set()
@@ -1075,8 +1110,9 @@ class Mux:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 logger.warning("closing %r failed: %r", stream, exc)
 
-    def _release_stream(self, stream: AttachedStream) -> None:
+    def _release_stream(self, stream: AttachedStream, *, closed: bool) -> None:
         if not stream._released:
+            self._event(StreamUnattached(stream, closed, trio.current_time()))
             stream._released = True
             self._streams.pop(stream, None)
             self._stream_indices.discard(stream._index)
@@ -1144,6 +1180,7 @@ class Mux:
         self._reject_senders_to(stream)
         self._hold_messages(stream)
         self._post(error)
+        self._event(StreamFailed(stream, error, trio.current_time()))
         stream._scope.cancel()
         logger.warning("%r failed: %s", stream, error)
 
@@ -1151,6 +1188,14 @@ class Mux:
         self._errors.append(error)
         self._trim_errors()
         self._error_lot.unpark()
+
+    def _event(self, event: MuxEvent) -> None:
+        events = self._events
+        events.append(event)
+        if len(events) > EVENT_BACKLOG:
+            events.popleft()
+            self._events_dropped += 1
+        self._event_lot.unpark()
 
     def _trim_errors(self) -> None:
         """With nobody monitoring, keep memory bounded under stream churn.
@@ -1224,11 +1269,12 @@ class Mux:
         self._closed = True
         try:
             for stream in list(self._streams):
-                self._release_stream(stream)
+                self._release_stream(stream, closed=True)
                 await self._close_stream(stream, graceful=False)
                 stream._done.set()
         finally:
             self._error_lot.unpark_all()
+            self._event_lot.unpark_all()
 
 
 def _closed_error() -> outcome.Error:
@@ -1258,6 +1304,30 @@ class _ErrorFeed:
         error = mux._errors.popleft()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return error
+
+
+@final
+class _EventFeed:
+    """The async iterator returned by :meth:`Mux.events`."""
+
+    __slots__ = ("_mux",)
+
+    def __init__(self, mux: Mux) -> None:
+        self._mux = mux
+
+    def __aiter__(self) -> _EventFeed:
+        return self
+
+    async def __anext__(self) -> MuxEvent:
+        mux = self._mux
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not mux._events:
+            if mux._finished:
+                raise StopAsyncIteration
+            await mux._event_lot.park()
+        event = mux._events.popleft()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return event
 
 
 def _check_timeout(value: float | None, name: str) -> None:
