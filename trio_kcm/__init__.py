@@ -24,12 +24,14 @@ from ._policy import ENTRY_POINT_GROUP, Policy, available_policies, load_policy
 from ._socket import KCMSocket, SocketType
 from ._stats import MuxStatistics, SocketStatistics, StreamState, StreamStatistics
 from ._stream import AttachedStream
+from ._supervise import Backoff
 from ._tcpinfo import TCPInfo
 from ._version import __version__
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "AttachedStream",
+    "Backoff",
     "BadMessage",
     "Delimited",
     "KCMSocket",

@@ -33,7 +33,7 @@ import math
 import sys
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import final
 
@@ -49,6 +49,7 @@ from ._policy import Policy, resolve_policy
 from ._socket import KCMSocket, SocketType, _Batch
 from ._stats import MuxStatistics, StreamState
 from ._stream import AttachedStream, PinnedTxGroup, TxGroup
+from ._supervise import DEFAULT_BACKOFF, Backoff, supervise
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -147,6 +148,7 @@ class Mux:
         self._graceful = False  # closing after a normal exit: streams close gracefully
         self._closed = False  # no new sockets, sends or attaches
         self._finished = False  # all tasks are done
+        self._shut_event = trio.Event()  # set when closing starts (for supervise)
         self._sockets: dict[KCMSocket, None] = {}
         self._socket_indices: set[int] = set()
         self._streams: dict[AttachedStream, None] = {}
@@ -384,6 +386,71 @@ class Mux:
         await handle._done.wait()
         self._release_stream(handle, closed=False)
         return handle._stream
+
+    async def supervise(
+        self,
+        connect: Callable[[], Awaitable[trio.abc.Stream]],
+        *,
+        count: int = 1,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        connect_timeout: float | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep ``count`` streams from ``connect()`` attached, reconnecting as they fail.
+
+        Run it in a nursery; with :meth:`trio.Nursery.start` it returns once
+        ``count`` streams are attached for the first time::
+
+            async with trio.open_nursery() as nursery:
+                async with trio_kcm.open_mux(parser=parser) as mux:
+                    await nursery.start(functools.partial(mux.supervise, connect, count=4))
+                    ...  # the mux closes: supervise returns by itself
+
+        For each of ``count`` slots it calls ``connect()``, attaches the
+        stream it returns, and waits.  When the stream fails, the mux reports
+        it as usual (:meth:`errors`, :class:`StreamFailed`) and, with
+        ``auto_close=True``, unattaches and closes it; with
+        ``auto_close=False`` the supervisor does.  Then, after a delay from
+        ``backoff``, it connects again.  A ``connect()`` that raises
+        :exc:`OSError` (refused, unreachable, a TLS certificate error),
+        :exc:`trio.BrokenResourceError` (e.g. a failed TLS handshake), or
+        outlasts ``connect_timeout``, is retried the same way: it is not
+        fatal.  A stream the application unattached is replaced at once.
+        Every reconnect is announced on :meth:`events` as a
+        :class:`ReconnectScheduled` naming the stream it replaces and why.
+
+        Cancelling it stops the reconnecting (and a ``connect()`` in
+        progress); the streams it attached stay attached, the mux's as any
+        other.  It returns when the mux closes, so a nursery around the mux
+        block needs no cancelling; in a nursery inside the block, cancel it.
+
+        Args:
+          connect: An async function returning a connected
+            :class:`trio.abc.Stream`, at a message boundary (finish a TLS
+            handshake in it, with :meth:`trio.SSLStream.do_handshake`, so
+            that a failed one is retried like a failed connect).
+          count: How many streams to keep attached.
+          backoff: The delays between attempts (a :class:`Backoff`).
+          connect_timeout: Seconds allowed for each ``connect()``; ``None``
+            for no limit.
+          task_status: For :meth:`trio.Nursery.start`: started once ``count``
+            streams were attached.
+
+        Raises:
+          ValueError: ``count`` is below 1, or ``connect_timeout`` is not > 0.
+          trio.ClosedResourceError: The mux is closed.
+          Exception: Whatever ``connect()`` raises other than the errors it
+            retries: a bug propagates.
+
+        """
+        await supervise(
+            self,
+            connect,
+            count=count,
+            backoff=backoff,
+            connect_timeout=connect_timeout,
+            task_status=task_status,
+        )
 
     def errors(self) -> AsyncIterator[StreamError]:
         """Iterate over stream failures: the monitoring task's feed.
@@ -1220,6 +1287,7 @@ class Mux:
     def _shut(self) -> None:
         """Closing starts: no new sockets, sends or attaches; sockets close."""
         self._closed = True
+        self._shut_event.set()
         for sock in list(self._sockets):
             self._close_socket(sock)
 
@@ -1267,6 +1335,7 @@ class Mux:
         """
         self._finished = True
         self._closed = True
+        self._shut_event.set()
         try:
             for stream in list(self._streams):
                 self._release_stream(stream, closed=True)
