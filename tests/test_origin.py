@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import errno
-import functools
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 import trio
@@ -13,44 +12,9 @@ import trio.testing
 
 import trio_kcm
 
-from .conftest import PeerReader, frame, unframe_all
+from .conftest import Gate, PeerReader, deadline, frame
 
 P = trio_kcm.LengthPrefixed(">I", adjust=4)
-
-
-def deadline(fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-    """A test that waits for the wrong thing fails in 20 s instead of hanging."""
-
-    @functools.wraps(fn)
-    async def wrapper() -> None:
-        with trio.fail_after(20):
-            await fn()
-
-    return wrapper
-
-
-class Gate:
-    """A stream whose writes block until let through; the far ends are exposed."""
-
-    def __init__(self) -> None:
-        self.open = trio.Event()
-        self.open.set()
-        self.writes = 0
-        self.send = trio.testing.MemorySendStream(self._hook)
-        self.receive = trio.testing.MemoryReceiveStream()
-        self.stream = trio.StapledStream(self.send, self.receive)
-
-    async def _hook(self) -> None:
-        self.writes += 1
-        await self.open.wait()
-
-    def close_gate(self) -> None:
-        self.open = trio.Event()
-
-    def written(self) -> list[bytes]:
-        frames, rest = unframe_all(self.send.get_data_nowait())
-        assert rest == b""
-        return frames
 
 
 class CountingPolicy(trio_kcm.Policy):
@@ -101,7 +65,7 @@ class CountingPolicy(trio_kcm.Policy):
 # the server: 16 clients over real loopback TCP
 
 
-@deadline
+@deadline(20)
 async def test_sixteen_tcp_clients_each_get_their_own_replies() -> None:
     clients = 16
     requests = 40
@@ -157,7 +121,7 @@ async def _from(sock: trio_kcm.KCMSocket):  # type: ignore[no-untyped-def]
 # receive_from
 
 
-@deadline
+@deadline(20)
 async def test_receive_from_names_the_stream() -> None:
     async with trio_kcm.open_mux(parser=P) as mux:
         a, peer_a = trio.testing.memory_stream_pair()
@@ -186,7 +150,7 @@ async def test_receive_from_names_the_stream() -> None:
         assert (stats.rx_msgs, stats.rx_queued_msgs) == (7, 0)
 
 
-@deadline
+@deadline(20)
 async def test_receive_from_keeps_the_origin_when_messages_move() -> None:
     # A message moved off a disabled socket, or left by a stream that was
     # unattached, still names the stream it came on.
@@ -205,7 +169,7 @@ async def test_receive_from_keeps_the_origin_when_messages_move() -> None:
         assert await second.receive_many_from(5) == [(frame(b"z"), ha)]
 
 
-@deadline
+@deadline(20)
 async def test_receive_from_waits_and_is_cancellable() -> None:
     async with trio_kcm.open_mux(parser=P) as mux:
         a, peer = trio.testing.memory_stream_pair()
@@ -235,7 +199,7 @@ async def test_receive_from_waits_and_is_cancellable() -> None:
 # send_to
 
 
-@deadline
+@deadline(20)
 async def test_send_to_goes_on_that_stream_and_bypasses_the_policy() -> None:
     policy = CountingPolicy()
     async with trio_kcm.open_mux(parser=P, policy=policy) as mux:
@@ -260,7 +224,7 @@ async def test_send_to_goes_on_that_stream_and_bypasses_the_policy() -> None:
         assert policy.tx_calls == ["pick", "written", "released"]
 
 
-@deadline
+@deadline(20)
 async def test_send_to_is_validated() -> None:
     async with trio_kcm.open_mux(parser=P, max_message_size=50) as mux:
         ours, _peer = trio.testing.memory_stream_pair()
@@ -274,7 +238,7 @@ async def test_send_to_is_validated() -> None:
         assert sock.statistics().tx_msgs == 0
 
 
-@deadline
+@deadline(20)
 async def test_send_to_concurrent_senders_stay_whole_and_in_order() -> None:
     async with trio_kcm.open_mux(parser=P, send_buffer_size=64) as mux:
         ours, peer = trio.testing.memory_stream_pair()
@@ -296,7 +260,7 @@ async def test_send_to_concurrent_senders_stay_whole_and_in_order() -> None:
             assert mine == [frame(b"%d-%03d" % (k, i) + b"." * (i % 7)) for i in range(50)]
 
 
-@deadline
+@deadline(20)
 async def test_send_to_waits_for_buffer_space_and_cancel_withdraws() -> None:
     gate = Gate()
     async with trio_kcm.open_mux(parser=P, send_buffer_size=10) as mux:
@@ -319,7 +283,7 @@ async def test_send_to_waits_for_buffer_space_and_cancel_withdraws() -> None:
         assert gate.written() == [frame(b"first-msg"), frame(b"waits")]
 
 
-@deadline
+@deadline(20)
 async def test_send_to_a_handle_that_cannot_take_it() -> None:
     async with trio_kcm.open_mux(parser=P) as mux, trio_kcm.open_mux(parser=P) as other_mux:
         a, peer_a = trio.testing.memory_stream_pair()
@@ -348,7 +312,7 @@ async def test_send_to_a_handle_that_cannot_take_it() -> None:
             await sock.send_to(frame(b"x"), ha)
 
 
-@deadline
+@deadline(20)
 async def test_pinned_messages_of_a_failed_stream_are_reported_not_moved() -> None:
     gate = Gate()
     async with trio_kcm.open_mux(parser=P, retry_in_doubt=True) as mux:
@@ -375,7 +339,7 @@ async def test_pinned_messages_of_a_failed_stream_are_reported_not_moved() -> No
         assert mux.streams[0].statistics().tx_msgs == 1
 
 
-@deadline
+@deadline(20)
 async def test_a_sender_waiting_to_send_to_a_stream_that_fails_gets_the_error() -> None:
     gate = Gate()
     async with trio_kcm.open_mux(parser=P, send_buffer_size=5) as mux:
@@ -407,7 +371,7 @@ async def test_a_sender_waiting_to_send_to_a_stream_that_fails_gets_the_error() 
         assert gate.written() == []
 
 
-@deadline
+@deadline(20)
 async def test_unattach_writes_pinned_messages_first() -> None:
     gate = Gate()
     async with trio_kcm.open_mux(parser=P, policy="round-robin") as mux:
@@ -432,7 +396,7 @@ async def test_unattach_writes_pinned_messages_first() -> None:
         assert sorted(await PeerReader(other_peer).read_frames(2)) == [frame(b"a"), frame(b"b")]
 
 
-@deadline
+@deadline(20)
 async def test_cancelled_unattach_with_pinned_messages_fails_the_stream() -> None:
     gate = Gate()
     async with trio_kcm.open_mux(parser=P) as mux:
@@ -449,7 +413,7 @@ async def test_cancelled_unattach_with_pinned_messages_fails_the_stream() -> Non
         assert (error.in_doubt, error.unsent) == ((frame(b"p1"),), (frame(b"p2"),))
 
 
-@deadline
+@deadline(20)
 async def test_send_to_over_socketpair_with_real_backpressure() -> None:
     a, b = trio.socket.socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)

@@ -15,7 +15,7 @@ import trustme
 
 import trio_kcm
 
-from .conftest import frame, unframe_all
+from .conftest import deadline, frame, unframe_all
 
 P = trio_kcm.LengthPrefixed(">I", adjust=4)
 NO_JITTER = trio_kcm.Backoff(initial=1.0, maximum=8.0, multiplier=2.0, jitter=0.0)
@@ -88,6 +88,7 @@ def test_backoff_validates(kwargs: dict[str, float]) -> None:
 # supervise
 
 
+@deadline(100000)
 async def test_it_keeps_count_streams_attached(autojump_clock: trio.abc.Clock) -> None:
     factory = Factory()
     async with (
@@ -109,6 +110,7 @@ async def test_it_keeps_count_streams_attached(autojump_clock: trio.abc.Clock) -
     assert len(factory.calls) == 3
 
 
+@deadline(100000)
 async def test_connect_failures_back_off_exponentially(autojump_clock: trio.abc.Clock) -> None:
     factory = Factory(fail=lambda n: n <= 5)
     async with trio.open_nursery() as nursery, trio_kcm.open_mux(parser=P) as mux:
@@ -130,6 +132,7 @@ async def test_connect_failures_back_off_exponentially(autojump_clock: trio.abc.
         assert isinstance(events[-1], trio_kcm.StreamAttached)
 
 
+@deadline(100000)
 async def test_a_failed_stream_is_closed_and_replaced(autojump_clock: trio.abc.Clock) -> None:
     factory = Factory()
     async with trio.open_nursery() as nursery, trio_kcm.open_mux(parser=P) as mux:
@@ -172,6 +175,7 @@ async def test_a_failed_stream_is_closed_and_replaced(autojump_clock: trio.abc.C
         assert reconnects(events_of(mux))[0].delay == 2.0
 
 
+@deadline(100000)
 async def test_with_auto_close_false_the_supervisor_closes(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -191,6 +195,7 @@ async def test_with_auto_close_false_the_supervisor_closes(
         assert len(mux.streams) == 1 and mux.streams[0] is not first
 
 
+@deadline(100000)
 async def test_an_unattached_stream_is_replaced_at_once(autojump_clock: trio.abc.Clock) -> None:
     factory = Factory()
     async with trio.open_nursery() as nursery, trio_kcm.open_mux(parser=P) as mux:
@@ -207,6 +212,7 @@ async def test_an_unattached_stream_is_replaced_at_once(autojump_clock: trio.abc
     await factory.made[0].aclose()  # handed back: ours to close
 
 
+@deadline(100000)
 async def test_cancelling_it_stops_reconnecting(autojump_clock: trio.abc.Clock) -> None:
     factory = Factory()
     async with trio_kcm.open_mux(parser=P) as mux:
@@ -222,6 +228,7 @@ async def test_cancelling_it_stops_reconnecting(autojump_clock: trio.abc.Clock) 
         assert not reconnects(events_of(mux))
 
 
+@deadline(100000)
 async def test_cancelling_it_during_backoff(autojump_clock: trio.abc.Clock) -> None:
     factory = Factory(fail=lambda n: True)
     async with trio_kcm.open_mux(parser=P) as mux:
@@ -232,6 +239,7 @@ async def test_cancelling_it_during_backoff(autojump_clock: trio.abc.Clock) -> N
         assert len(factory.calls) == 3
 
 
+@deadline(100000)
 async def test_the_mux_closing_ends_it_during_backoff_and_connect(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -251,6 +259,7 @@ async def test_the_mux_closing_ends_it_during_backoff_and_connect(
         await mux.supervise(factory)
 
 
+@deadline(100000)
 async def test_connect_timeout_is_retried(autojump_clock: trio.abc.Clock) -> None:
     calls = []
 
@@ -269,6 +278,7 @@ async def test_connect_timeout_is_retried(autojump_clock: trio.abc.Clock) -> Non
         assert calls == pytest.approx([0 + calls[0], calls[0] + 11, calls[0] + 23])
 
 
+@deadline(100000)
 async def test_a_bug_in_connect_propagates() -> None:
     async def connect() -> trio.abc.Stream:
         raise KeyError("bug")
@@ -278,6 +288,7 @@ async def test_a_bug_in_connect_propagates() -> None:
             await mux.supervise(connect)
 
 
+@deadline(100000)
 async def test_arguments_are_checked() -> None:
     factory = Factory()
     async with trio_kcm.open_mux(parser=P) as mux:
@@ -292,6 +303,7 @@ async def test_arguments_are_checked() -> None:
 # TLS: a failed handshake is retried, not fatal
 
 
+@deadline(100000)
 async def test_a_failed_tls_handshake_is_retried(autojump_clock: trio.abc.Clock) -> None:
     ca = trustme.CA()
     good = ca.issue_cert("kcm.example")
@@ -343,6 +355,7 @@ async def test_a_failed_tls_handshake_is_retried(autojump_clock: trio.abc.Clock)
 
 
 @pytest.mark.parametrize("retry_in_doubt", [True, False])
+@deadline(100000)
 async def test_a_pool_survives_a_peer_that_keeps_dropping_connections(
     autojump_clock: trio.abc.Clock, retry_in_doubt: bool
 ) -> None:

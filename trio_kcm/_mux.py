@@ -43,7 +43,14 @@ import trio_util
 
 from ._assembler import Assembler, AssemblyError
 from ._errors import BadMessage, StreamError
-from ._events import MuxEvent, StreamAttached, StreamFailed, StreamUnattached
+from ._events import (
+    MuxEvent,
+    StreamAttached,
+    StreamFailed,
+    StreamResumed,
+    StreamStalled,
+    StreamUnattached,
+)
 from ._parsers import Parser, ParserLike, as_parser
 from ._policy import Policy, resolve_policy
 from ._socket import KCMSocket, SocketType, _Batch
@@ -130,6 +137,7 @@ class Mux:
         retry_in_doubt: bool,
         close_timeout: float,
         validate: bool,
+        tx_stall_timeout: float | None = None,
     ) -> None:
         self._parser = parser
         self._validator = Assembler(parser, max_message_size)
@@ -144,6 +152,7 @@ class Mux:
         self._retry_in_doubt = retry_in_doubt
         self._close_timeout = close_timeout
         self._validate = validate
+        self._tx_stall_timeout = tx_stall_timeout
         self._nursery: trio.Nursery | None = None
         self._graceful = False  # closing after a normal exit: streams close gracefully
         self._closed = False  # no new sockets, sends or attaches
@@ -871,6 +880,81 @@ class Mux:
             stream._inflight = None
             self._written(stream, groups, size)
 
+    # ------------------------------------------------------------------------
+    # transmit: stalls (tx_stall_timeout)
+
+    async def _watched_writer(self, stream: AttachedStream) -> None:
+        """The writer, and beside it a watchdog that ends with it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stall_watchdog, stream)
+            await self._writer(stream)
+            nursery.cancel_scope.cancel()
+
+    async def _stall_watchdog(self, stream: AttachedStream) -> None:
+        """Look at the write in flight every quarter of ``tx_stall_timeout``.
+
+        The writer is not touched: a write is the ``_inflight`` list object, and
+        one seen at two looks ``timeout`` apart has made no progress for at
+        least that long.  A stall is seen between ``timeout`` and 1.25 times
+        ``timeout`` after the write started.
+        """
+        timeout = self._tx_stall_timeout
+        assert timeout is not None
+        period = timeout / 4
+        seen: list[TxGroup] | None = None
+        seen_at = 0.0
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            inflight = stream._inflight
+            if inflight is not seen:
+                seen, seen_at = inflight, now
+                if stream._stalled_at is not None:
+                    self._resume(stream, now)
+            elif (
+                inflight is not None
+                and stream._stalled_at is None
+                and stream._tx_candidate
+                and now - seen_at >= timeout
+            ):
+                self._stall(stream, now)
+
+    def _stall(self, stream: AttachedStream, now: float) -> None:
+        """No new messages for a stalled stream; those not started move away."""
+        stream._stalled_at = now
+        try:
+            self._remove_tx_candidate(stream)
+            moved = self._take_pending(stream, pinned=False)
+            self._event(StreamStalled(stream, sum(len(g.messages) for g in moved), now))
+            self._requeue_tx(moved)
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+        logger.warning("%r stalled: its write made no progress", stream)
+
+    def _resume(self, stream: AttachedStream, now: float) -> None:
+        """The stalled write completed: the policy gets the stream again."""
+        stalled_at = stream._stalled_at
+        assert stalled_at is not None
+        stream._stalled_at = None
+        if stream._state is not _ACTIVE or stream._unattaching:
+            return
+        try:
+            stream._tx_candidate = True
+            self._tx_candidates += 1
+            self._tx_policy.stream_added(stream)
+            self._event(StreamResumed(stream, now - stalled_at, now))
+            self._dispatch_waiting()
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+        if self._tx_progress is not None:
+            self._tx_progress.set()
+        logger.info("%r resumed", stream)
+
+    def _stalled_writes(self) -> bool:
+        return any(s._stalled_at is not None and s._inflight for s in self._streams)
+
     def _written(self, stream: AttachedStream, groups: list[TxGroup], size: int) -> None:
         now = trio.current_time()
         nmsgs = 0
@@ -1147,7 +1231,10 @@ class Mux:
             with stream._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, stream)
-                    nursery.start_soon(self._writer, stream)
+                    if self._tx_stall_timeout is None:
+                        nursery.start_soon(self._writer, stream)
+                    else:
+                        nursery.start_soon(self._watched_writer, stream)
         finally:
             # The mux owns the stream until unattach: it closes it when the mux
             # closes or dies (its nursery was cancelled), and on failure if
@@ -1295,7 +1382,7 @@ class Mux:
         """Wait (up to close_timeout) until what was accepted is written."""
         self._graceful = True
         with trio.move_on_after(self._close_timeout):
-            while self._tx_outstanding > 0 and self._tx_candidates:
+            while self._tx_outstanding > 0 and (self._tx_candidates or self._stalled_writes()):
                 self._tx_progress = trio.Event()
                 await self._tx_progress.wait()
         self._tx_progress = None
@@ -1420,6 +1507,7 @@ async def open_mux(
     retry_in_doubt: bool = True,
     close_timeout: float = 5.0,
     validate: bool = True,
+    tx_stall_timeout: float | None = None,
 ) -> AsyncIterator[Mux]:
     """Open a connection multiplexor; an async context manager.
 
@@ -1455,6 +1543,16 @@ async def open_mux(
       close_timeout: Seconds allowed, when the block exits normally, for
         writing what was accepted; also bounds closing each stream.
       validate: Whether outgoing messages are checked with ``parser``.
+      tx_stall_timeout: Seconds a stream's write may make no progress; ``None``
+        (the default) for no limit.  A stream whose write outlasts it is
+        *stalled*: the transmit policy no longer gets it, and the messages
+        queued on it that had not started move to other streams (the one in
+        flight never moves, nor do messages sent to it with
+        :meth:`KCMSocket.send_to`).  It is seen within a quarter of the
+        timeout, and reported as a :class:`StreamStalled` event; when the
+        write completes, the stream is used again (:class:`StreamResumed`).
+        A stall does not fail the stream: do that yourself if you want it
+        gone (:meth:`Mux.unattach`).
 
     On a normal exit it closes every socket (tasks waiting in them get
     :exc:`trio.ClosedResourceError`), waits up to ``close_timeout`` for the
@@ -1478,6 +1576,7 @@ async def open_mux(
     if not isinstance(socket_type, SocketType):
         raise ValueError(f"socket_type must be a SocketType, not {socket_type!r}")
     _check_timeout(assembly_timeout, "assembly_timeout")
+    _check_timeout(tx_stall_timeout, "tx_stall_timeout")
     if not close_timeout >= 0:
         raise ValueError("close_timeout must be >= 0")
     the_parser = as_parser(parser)
@@ -1498,6 +1597,7 @@ async def open_mux(
         retry_in_doubt=retry_in_doubt,
         close_timeout=close_timeout,
         validate=validate,
+        tx_stall_timeout=tx_stall_timeout,
     )
     body_exc: BaseException | None = None
     unwrap = False

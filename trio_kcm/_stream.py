@@ -74,6 +74,7 @@ class AttachedStream:
         "_rx_msg_timeouts",
         "_rx_paused",
         "_scope",
+        "_stalled_at",
         "_state",
         "_stream",
         "_tx_aborts",
@@ -115,6 +116,7 @@ class AttachedStream:
         self._unread = b""
         # transmit
         self._tx_candidate = False
+        self._stalled_at: float | None = None
         self._tx_pending: deque[TxGroup] = deque()
         self._tx_queued_bytes = 0
         self._tx_queued_msgs = 0
@@ -165,6 +167,11 @@ class AttachedStream:
         :attr:`StreamError.partial_bytes`).
         """
         return self._unread
+
+    @property
+    def stalled(self) -> bool:
+        """Whether its write is stalled (see ``tx_stall_timeout`` in :func:`open_mux`)."""
+        return self._stalled_at is not None
 
     @property
     def tx_queued_bytes(self) -> int:
