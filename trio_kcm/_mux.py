@@ -1122,6 +1122,7 @@ class Mux:
         if sock._closed:
             return
         sock._closed = True
+        sock._tx_parts = sock._rx_rests = None  # SEQPACKET: unfinished messages are dropped
         self._sockets.pop(sock, None)
         self._socket_indices.discard(sock._index)
         while sock._rx_waiters:
