@@ -41,23 +41,31 @@ class MuxEvent:
 
 @dataclass(frozen=True, slots=True)
 class StreamAttached(MuxEvent):
-    """A stream was attached (by :meth:`Mux.attach`, or by :meth:`Mux.supervise`)."""
+    """A stream was attached (by :meth:`Mux.attach`, or by :meth:`Mux.supervise`).
 
-    #: Its handle.
+    Attributes:
+      stream (AttachedStream): Its handle.
+      time (float): :func:`trio.current_time` when it happened.
+
+    """
+
     stream: AttachedStream
-    #: :func:`trio.current_time` when it happened.
     time: float
 
 
 @dataclass(frozen=True, slots=True)
 class StreamFailed(MuxEvent):
-    """A stream failed; the same :class:`StreamError` goes to :meth:`Mux.errors`."""
+    """A stream failed; the same :class:`StreamError` goes to :meth:`Mux.errors`.
 
-    #: Its handle.
+    Attributes:
+      stream (AttachedStream): Its handle.
+      error (StreamError): Why, with the messages in doubt or unsent.
+      time (float): :func:`trio.current_time` when it happened.
+
+    """
+
     stream: AttachedStream
-    #: Why, with the messages in doubt or unsent.
     error: StreamError
-    #: :func:`trio.current_time` when it happened.
     time: float
 
 
@@ -68,13 +76,16 @@ class StreamUnattached(MuxEvent):
     Explicitly (:meth:`Mux.unattach`, which hands it back open), or closed by
     the mux: a failed stream with ``auto_close=True``, or every stream when
     the mux closes.
+
+    Attributes:
+      stream (AttachedStream): Its handle (its state says whether it had failed).
+      closed (bool): Whether the mux closes it (``False``: it was handed back).
+      time (float): :func:`trio.current_time` when it happened.
+
     """
 
-    #: Its handle (its state says whether it had failed).
     stream: AttachedStream
-    #: Whether the mux closes it (``False``: it was handed back).
     closed: bool
-    #: :func:`trio.current_time` when it happened.
     time: float
 
 
@@ -85,41 +96,53 @@ class StreamStalled(MuxEvent):
     The stream stays attached, but the transmit policy no longer gets it, and
     the messages queued on it that had not started moved to other streams
     (those sent to it with :meth:`KCMSocket.send_to` stay).
+
+    Attributes:
+      stream (AttachedStream): Its handle.
+      moved (int): Messages moved to other streams.
+      time (float): :func:`trio.current_time` when it happened.
+
     """
 
-    #: Its handle.
     stream: AttachedStream
-    #: Messages moved to other streams.
     moved: int
-    #: :func:`trio.current_time` when it happened.
     time: float
 
 
 @dataclass(frozen=True, slots=True)
 class StreamResumed(MuxEvent):
-    """The write of a stalled stream completed: the policy gets it again."""
+    """The write of a stalled stream completed: the policy gets it again.
 
-    #: Its handle.
+    Attributes:
+      stream (AttachedStream): Its handle.
+      stalled_for (float): Seconds since it was reported stalled.
+      time (float): :func:`trio.current_time` when it happened.
+
+    """
+
     stream: AttachedStream
-    #: Seconds since it was reported stalled.
     stalled_for: float
-    #: :func:`trio.current_time` when it happened.
     time: float
 
 
 @dataclass(frozen=True, slots=True)
 class ReconnectScheduled(MuxEvent):
-    """:meth:`Mux.supervise` will call ``connect()`` again after ``delay`` seconds."""
+    """:meth:`Mux.supervise` will call ``connect()`` again after ``delay`` seconds.
 
-    #: The stream being replaced, or ``None`` after a failed ``connect()``.
+    Attributes:
+      stream (AttachedStream | None): The stream being replaced, or ``None`` after a failed
+        ``connect()``.
+      attempt (int): Failed attempts in a row, this one included (0 when the stream was unattached
+        by the application, which is replaced at once).
+      delay (float): Seconds until the next ``connect()``, backoff and jitter included.
+      cause (BaseException | None): What failed: the stream's :class:`StreamError`, the exception
+        ``connect()`` raised, or ``None``.
+      time (float): :func:`trio.current_time` when it happened.
+
+    """
+
     stream: AttachedStream | None
-    #: Failed attempts in a row, this one included (0 when the stream was
-    #: unattached by the application, which is replaced at once).
     attempt: int
-    #: Seconds until the next ``connect()``, backoff and jitter included.
     delay: float
-    #: What failed: the stream's :class:`StreamError`, the exception
-    #: ``connect()`` raised, or ``None``.
     cause: BaseException | None
-    #: :func:`trio.current_time` when it happened.
     time: float

@@ -56,21 +56,24 @@ class Backoff:
     that lived longer starts a new run: its replacement waits ``initial``
     (jittered).
 
+    Attributes:
+      initial (float): The first delay, in seconds.
+      maximum (float): The largest delay, in seconds.
+      multiplier (float): Each failure in a row multiplies the delay by this.
+      jitter (float): The random spread, as a fraction of the delay (0: none).
+      reset_after (float): Seconds a stream must stay attached for its failure
+        to start a new run.
+
     Raises:
       ValueError: A delay is negative, ``maximum < initial``,
         ``multiplier < 1``, or ``jitter`` is not in [0, 1].
 
     """
 
-    #: The first delay, in seconds.
     initial: float = 0.1
-    #: The largest delay, in seconds.
     maximum: float = 30.0
-    #: Each failure in a row multiplies the delay by this.
     multiplier: float = 2.0
-    #: The random spread, as a fraction of the delay (0: none).
     jitter: float = 0.2
-    #: Seconds a stream must stay attached for its failure to start a new run.
     reset_after: float = 10.0
 
     def __post_init__(self) -> None:
