@@ -6,13 +6,37 @@ by the code under test.
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
+import trio.testing
 
 # The format every mux test uses unless it says otherwise: a 4-byte big-endian
 # payload length, then the payload (Thrift framed; LengthPrefixed(">I", adjust=4)).
 HEADER = struct.Struct(">I")
+
+
+def deadline(
+    seconds: float,
+) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+    """A test that waits for the wrong thing fails after ``seconds`` instead of hanging.
+
+    In virtual time (``autojump_clock``) too: a task that sleeps in a loop
+    would otherwise make the clock jump forever.
+    """
+
+    def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> None:
+            with trio.fail_after(seconds):
+                await fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def frame(payload: bytes) -> bytes:
@@ -67,3 +91,28 @@ class PeerReader:
         frames, rest = unframe_all(self.buffer)
         self.buffer = b""
         return frames, rest
+
+
+class Gate:
+    """A stream whose writes block until let through; the far ends are exposed."""
+
+    def __init__(self) -> None:
+        self.open = trio.Event()
+        self.open.set()
+        self.writes = 0
+        self.send = trio.testing.MemorySendStream(self._hook)
+        self.receive = trio.testing.MemoryReceiveStream()
+        self.stream = trio.StapledStream(self.send, self.receive)
+
+    async def _hook(self) -> None:
+        self.writes += 1
+        await self.open.wait()
+
+    def close_gate(self) -> None:
+        self.open = trio.Event()
+
+    def written(self) -> list[bytes]:
+        """Take the whole frames written so far (a write blocked at the gate included)."""
+        frames, rest = unframe_all(self.send.get_data_nowait())
+        assert rest == b""
+        return frames

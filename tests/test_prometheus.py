@@ -135,8 +135,8 @@ async def test_every_statistic_is_exported_with_its_value() -> None:
 
         families = scrape(registry)
         checked = check_matches(families, "main", mux)
-        # 13 mux fields, 3 streams x (14 fields + 3 state samples), 3 sockets x 9 fields
-        assert checked == 13 + 3 * 17 + 3 * 9
+        # 14 mux fields, 3 streams x (14 fields + 3 state samples), 3 sockets x 9 fields
+        assert checked == 14 + 3 * 17 + 3 * 9
         # The traffic shows: not all zeros.
         assert families["trio_kcm_mux_rx_msgs"].samples[0].value == 6
         assert (

@@ -8,6 +8,15 @@ decides where.
 """
 
 from ._errors import BadMessage, PolicyLoadError, StreamError
+from ._events import (
+    MuxEvent,
+    ReconnectScheduled,
+    StreamAttached,
+    StreamFailed,
+    StreamResumed,
+    StreamStalled,
+    StreamUnattached,
+)
 from ._format import format_stats
 from ._mux import Mux, open_mux
 from ._parsers import Delimited, LengthPrefixed, Parser, ParserLike
@@ -15,27 +24,36 @@ from ._policy import ENTRY_POINT_GROUP, Policy, available_policies, load_policy
 from ._socket import KCMSocket, SocketType
 from ._stats import MuxStatistics, SocketStatistics, StreamState, StreamStatistics
 from ._stream import AttachedStream
+from ._supervise import Backoff
 from ._tcpinfo import TCPInfo
 from ._version import __version__
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "AttachedStream",
+    "Backoff",
     "BadMessage",
     "Delimited",
     "KCMSocket",
     "LengthPrefixed",
     "Mux",
+    "MuxEvent",
     "MuxStatistics",
     "Parser",
     "ParserLike",
     "Policy",
     "PolicyLoadError",
+    "ReconnectScheduled",
     "SocketStatistics",
     "SocketType",
+    "StreamAttached",
     "StreamError",
+    "StreamFailed",
+    "StreamResumed",
+    "StreamStalled",
     "StreamState",
     "StreamStatistics",
+    "StreamUnattached",
     "TCPInfo",
     "__version__",
     "available_policies",

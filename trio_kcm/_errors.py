@@ -59,12 +59,17 @@ class StreamError(OSError):
         the stream failed: the peer may have received some of them whole.  With
         ``retry_in_doubt=True`` (the default) they were also resent on another
         stream; with ``False`` they were not, and what to do is up to you.
+        Messages sent with :meth:`KCMSocket.send_to` are never resent elsewhere.
+      unsent (tuple[bytes, ...]): Messages sent to this stream with
+        :meth:`KCMSocket.send_to`, accepted, and not started when it failed:
+        they were not sent anywhere (a reply to a peer that is gone).
 
     """
 
     stream: AttachedStream
     partial_bytes: bytes
     in_doubt: tuple[bytes, ...]
+    unsent: tuple[bytes, ...]
 
     def __init__(
         self,
@@ -74,11 +79,13 @@ class StreamError(OSError):
         stream: AttachedStream,
         partial_bytes: bytes = b"",
         in_doubt: tuple[bytes, ...] = (),
+        unsent: tuple[bytes, ...] = (),
     ) -> None:
         super().__init__(errno, strerror)
         self.stream = stream
         self.partial_bytes = partial_bytes
         self.in_doubt = in_doubt
+        self.unsent = unsent
 
     def __reduce__(self) -> str | tuple[object, ...]:  # pragma: no cover - pickling is rare
         return (OSError, (self.errno, self.strerror))

@@ -27,12 +27,13 @@ Who owns what (see also ``docs/design.md``):
 from __future__ import annotations
 
 import errno as _errno
+import itertools
 import logging
 import math
 import sys
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import final
 
@@ -42,11 +43,20 @@ import trio_util
 
 from ._assembler import Assembler, AssemblyError
 from ._errors import BadMessage, StreamError
+from ._events import (
+    MuxEvent,
+    StreamAttached,
+    StreamFailed,
+    StreamResumed,
+    StreamStalled,
+    StreamUnattached,
+)
 from ._parsers import Parser, ParserLike, as_parser
 from ._policy import Policy, resolve_policy
 from ._socket import KCMSocket, SocketType, _Batch
 from ._stats import MuxStatistics, StreamState
-from ._stream import AttachedStream, TxGroup
+from ._stream import AttachedStream, PinnedTxGroup, TxGroup
+from ._supervise import DEFAULT_BACKOFF, Backoff, supervise
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -63,6 +73,8 @@ WRITE_COALESCE = 256 * 1024
 #: Errors of streams no longer attached that may wait for a monitor; beyond
 #: it the oldest are dropped (errors of attached streams are always kept).
 ERROR_BACKLOG = 1024
+#: Events that may wait for a monitor; beyond it the oldest are dropped.
+EVENT_BACKLOG = 1024
 
 _ACTIVE = StreamState.ACTIVE
 _FAILED = StreamState.FAILED
@@ -74,12 +86,19 @@ _attached: weakref.WeakValueDictionary[int, AttachedStream] = weakref.WeakValueD
 
 
 class _SendWaiter:
-    __slots__ = ("batch", "messages", "nbytes")
+    __slots__ = ("batch", "messages", "nbytes", "target")
 
-    def __init__(self, messages: list[bytes], nbytes: int, batch: _Batch | None) -> None:
+    def __init__(
+        self,
+        messages: list[bytes],
+        nbytes: int,
+        batch: _Batch | None,
+        target: AttachedStream | None = None,
+    ) -> None:
         self.messages = messages
         self.nbytes = nbytes
         self.batch = batch
+        self.target = target  # send_to: the stream it must go on
 
 
 def _lowest_free(used: set[int]) -> int:
@@ -118,6 +137,7 @@ class Mux:
         retry_in_doubt: bool,
         close_timeout: float,
         validate: bool,
+        tx_stall_timeout: float | None = None,
     ) -> None:
         self._parser = parser
         self._validator = Assembler(parser, max_message_size)
@@ -132,10 +152,12 @@ class Mux:
         self._retry_in_doubt = retry_in_doubt
         self._close_timeout = close_timeout
         self._validate = validate
+        self._tx_stall_timeout = tx_stall_timeout
         self._nursery: trio.Nursery | None = None
         self._graceful = False  # closing after a normal exit: streams close gracefully
         self._closed = False  # no new sockets, sends or attaches
         self._finished = False  # all tasks are done
+        self._shut_event = trio.Event()  # set when closing starts (for supervise)
         self._sockets: dict[KCMSocket, None] = {}
         self._socket_indices: set[int] = set()
         self._streams: dict[AttachedStream, None] = {}
@@ -144,7 +166,7 @@ class Mux:
         self._rx_candidates = 0
         self._rx_space = trio_util.RepeatedEvent()
         self._paused_readers = 0
-        self._hold: deque[tuple[bytes, AttachedStream | None]] = deque()
+        self._hold: deque[tuple[bytes, AttachedStream]] = deque()
         # transmit
         self._tx_candidates = 0
         self._tx_waiting: OrderedDict[KCMSocket, None] = OrderedDict()
@@ -153,6 +175,8 @@ class Mux:
         # errors
         self._errors: deque[StreamError] = deque()
         self._error_lot = trio.lowlevel.ParkingLot()
+        self._events: deque[MuxEvent] = deque()
+        self._event_lot = trio.lowlevel.ParkingLot()
         # counters
         self._rx_msgs = 0
         self._rx_bytes = 0
@@ -165,6 +189,7 @@ class Mux:
         self._psock_unattach = 0
         self._stream_errors = 0
         self._errors_dropped = 0
+        self._events_dropped = 0
 
     # ------------------------------------------------------------------------
     # public API
@@ -292,6 +317,7 @@ class Mux:
         except BaseException as exc:
             self._crash(exc)
             raise
+        self._event(StreamAttached(handle, trio.current_time()))
         logger.info("attached %r", handle)
         return handle
 
@@ -335,13 +361,15 @@ class Mux:
             handle._unattaching = True
             try:
                 self._remove_tx_candidate(handle)
-                self._requeue_tx(self._take_pending(handle))
+                # Messages sent to it with send_to stay: they are written first.
+                self._requeue_tx(self._take_pending(handle, pinned=False))
+                self._reject_senders_to(handle)
             except BaseException as exc:
                 self._crash(exc)
                 raise
             handle._reader_scope.cancel()
             handle._writer_lot.unpark_all()
-            if handle._inflight is None:
+            if handle._inflight is None and not handle._tx_pending:
                 # No write to wait for: the tasks end at their next checkpoint.
                 with trio.CancelScope(shield=True):
                     await handle._done.wait()
@@ -371,12 +399,77 @@ class Mux:
                 except BaseException as exc:
                     self._crash(exc)
                     raise
-                self._release_stream(handle)
+                self._release_stream(handle, closed=False)
                 logger.info("unattached %r", handle)
                 return handle._stream
         await handle._done.wait()
-        self._release_stream(handle)
+        self._release_stream(handle, closed=False)
         return handle._stream
+
+    async def supervise(
+        self,
+        connect: Callable[[], Awaitable[trio.abc.Stream]],
+        *,
+        count: int = 1,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        connect_timeout: float | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep ``count`` streams from ``connect()`` attached, reconnecting as they fail.
+
+        Run it in a nursery; with :meth:`trio.Nursery.start` it returns once
+        ``count`` streams are attached for the first time::
+
+            async with trio.open_nursery() as nursery:
+                async with trio_kcm.open_mux(parser=parser) as mux:
+                    await nursery.start(functools.partial(mux.supervise, connect, count=4))
+                    ...  # the mux closes: supervise returns by itself
+
+        For each of ``count`` slots it calls ``connect()``, attaches the
+        stream it returns, and waits.  When the stream fails, the mux reports
+        it as usual (:meth:`errors`, :class:`StreamFailed`) and, with
+        ``auto_close=True``, unattaches and closes it; with
+        ``auto_close=False`` the supervisor does.  Then, after a delay from
+        ``backoff``, it connects again.  A ``connect()`` that raises
+        :exc:`OSError` (refused, unreachable, a TLS certificate error),
+        :exc:`trio.BrokenResourceError` (e.g. a failed TLS handshake), or
+        outlasts ``connect_timeout``, is retried the same way: it is not
+        fatal.  A stream the application unattached is replaced at once.
+        Every reconnect is announced on :meth:`events` as a
+        :class:`ReconnectScheduled` naming the stream it replaces and why.
+
+        Cancelling it stops the reconnecting (and a ``connect()`` in
+        progress); the streams it attached stay attached, the mux's as any
+        other.  It returns when the mux closes, so a nursery around the mux
+        block needs no cancelling; in a nursery inside the block, cancel it.
+
+        Args:
+          connect: An async function returning a connected
+            :class:`trio.abc.Stream`, at a message boundary (finish a TLS
+            handshake in it, with :meth:`trio.SSLStream.do_handshake`, so
+            that a failed one is retried like a failed connect).
+          count: How many streams to keep attached.
+          backoff: The delays between attempts (a :class:`Backoff`).
+          connect_timeout: Seconds allowed for each ``connect()``; ``None``
+            for no limit.
+          task_status: For :meth:`trio.Nursery.start`: started once ``count``
+            streams were attached.
+
+        Raises:
+          ValueError: ``count`` is below 1, or ``connect_timeout`` is not > 0.
+          trio.ClosedResourceError: The mux is closed.
+          Exception: Whatever ``connect()`` raises other than the errors it
+            retries: a bug propagates.
+
+        """
+        await supervise(
+            self,
+            connect,
+            count=count,
+            backoff=backoff,
+            connect_timeout=connect_timeout,
+            task_status=task_status,
+        )
 
     def errors(self) -> AsyncIterator[StreamError]:
         """Iterate over stream failures: the monitoring task's feed.
@@ -400,6 +493,33 @@ class Mux:
         """
         return _ErrorFeed(self)
 
+    def events(self) -> AsyncIterator[MuxEvent]:
+        """Iterate over what happens to the streams: the monitor's feed.
+
+        Beside :meth:`errors`, a feed of :class:`MuxEvent` objects, each naming
+        the stream it is about: :class:`StreamAttached`,
+        :class:`StreamUnattached`, :class:`StreamFailed`,
+        :class:`StreamStalled`, :class:`StreamResumed`, and
+        :class:`ReconnectScheduled` from :meth:`supervise`.  They come in the
+        order they happened.
+
+        As with :meth:`errors`, each event is taken once (with several
+        monitors, each event goes to one of them), and events wait in the mux
+        until taken, so a monitor that starts late sees what happened before
+        -- with one bound, so that memory stays bounded with no monitor: beyond
+        1,024 waiting events the oldest are dropped and counted in
+        :attr:`MuxStatistics.events_dropped`.  Iteration ends when the mux has
+        closed and every event was taken.  The iterator needs no closing.
+
+        Example::
+
+            async for event in mux.events():
+                if isinstance(event, trio_kcm.StreamFailed):
+                    log.warning("psock-%d failed: %s", event.stream.index, event.error)
+
+        """
+        return _EventFeed(self)
+
     def statistics(self) -> MuxStatistics:
         """Return a snapshot of the mux's counters."""
         return MuxStatistics(
@@ -416,6 +536,7 @@ class Mux:
             sockets=len(self._sockets),
             stream_errors=self._stream_errors,
             errors_dropped=self._errors_dropped,
+            events_dropped=self._events_dropped,
         )
 
     def __repr__(self) -> str:
@@ -522,10 +643,19 @@ class Mux:
             raise
         return True
 
-    async def _wait_send(self, sock: KCMSocket, messages: list[bytes], nbytes: int) -> None:
-        batch = sock._batches.get(trio.lowlevel.current_task()) if sock._batches else None
+    async def _wait_send(
+        self,
+        sock: KCMSocket,
+        messages: list[bytes],
+        nbytes: int,
+        target: AttachedStream | None = None,
+    ) -> None:
         task = trio.lowlevel.current_task()
-        sock._tx_waiters[task] = _SendWaiter(messages, nbytes, batch)
+        if target is None:
+            batch = sock._batches.get(task) if sock._batches else None
+            sock._tx_waiters[task] = _SendWaiter(messages, nbytes, batch)
+        else:
+            sock._tx_waiters[task] = _SendWaiter(messages, nbytes, None, target)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             # Not accepted yet: withdrawing is leaving the line.
@@ -565,8 +695,80 @@ class Mux:
         waiters = sock._tx_waiters
         while waiters and sock._tx_queued_bytes < sock._tx_limit:
             task, waiter = waiters.popitem(last=False)
-            self._accept(sock, waiter.messages, waiter.nbytes, waiter.batch)
+            target = waiter.target
+            if target is None:
+                self._accept(sock, waiter.messages, waiter.nbytes, waiter.batch)
+            else:
+                try:
+                    self._check_target(target)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    trio.lowlevel.reschedule(task, outcome.Error(exc))
+                    continue
+                self._accept_to(sock, target, waiter.messages, waiter.nbytes)
             trio.lowlevel.reschedule(task)
+
+    # ------------------------------------------------------------------------
+    # transmit: pinned to a stream (send_to)
+
+    def _check_target(self, handle: AttachedStream) -> None:
+        """Raise the error ``send_to`` gives for a handle it cannot send on."""
+        if handle._mux is not self:
+            raise ValueError(f"{handle!r} is not attached to this mux")
+        if handle._state is _FAILED:
+            raise trio.BrokenResourceError(f"{handle!r} failed") from handle._error
+        if handle._state is not _ACTIVE or handle._unattaching or handle._released:
+            raise trio.ClosedResourceError(f"{handle!r} was unattached")
+
+    def _try_send_to(
+        self, sock: KCMSocket, handle: AttachedStream, messages: list[bytes], nbytes: int
+    ) -> bool:
+        """Accept a pinned group now if the buffer allows; False if the sender must wait."""
+        if sock._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        self._check_target(handle)
+        if sock._tx_waiters or sock._tx_queued_bytes >= sock._tx_limit:
+            return False
+        self._accept_to(sock, handle, messages, nbytes)
+        return True
+
+    def _accept_to(
+        self, sock: KCMSocket, handle: AttachedStream, messages: list[bytes], nbytes: int
+    ) -> None:
+        """Accept a group for ``handle``: queued there, whatever the policy thinks.
+
+        The policy neither picks it nor hears of it (no ``written``, no
+        ``released``); its bytes count in ``handle.tx_queued_bytes``.
+        """
+        n = len(messages)
+        sock._tx_queued_bytes += nbytes
+        sock._tx_queued_msgs += n
+        sock._tx_msgs += n
+        sock._tx_bytes += nbytes
+        self._tx_outstanding += nbytes
+        group = PinnedTxGroup(sock, messages, nbytes)
+        group.picked_at = trio.current_time()
+        handle._tx_pending.append(group)
+        handle._tx_queued_bytes += nbytes
+        handle._tx_queued_msgs += n
+        if handle._writer_lot:
+            handle._writer_lot.unpark()
+
+    def _reject_senders_to(self, handle: AttachedStream) -> None:
+        """Senders waiting to send_to a handle that just failed or is leaving get its error."""
+        for sock in list(self._sockets):
+            waiters = sock._tx_waiters
+            if not waiters:
+                continue
+            for task, waiter in list(waiters.items()):
+                if waiter.target is handle:
+                    del waiters[task]
+                    try:
+                        self._check_target(handle)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        trio.lowlevel.reschedule(task, outcome.Error(exc))
+            # Those that were behind them may fit now.
+            if waiters:
+                self._wake_senders(sock)
 
     # ------------------------------------------------------------------------
     # transmit: scheduling
@@ -623,10 +825,20 @@ class Mux:
             for sock in list(self._tx_waiting):
                 self._drain_tx_queue(sock)
 
-    def _take_pending(self, stream: AttachedStream) -> list[TxGroup]:
-        """Remove the groups queued on a stream that are not being written."""
-        groups = list(stream._tx_pending)
-        stream._tx_pending.clear()
+    def _take_pending(self, stream: AttachedStream, *, pinned: bool = True) -> list[TxGroup]:
+        """Remove the groups queued on a stream that are not being written.
+
+        With ``pinned=False``, groups sent to it with ``send_to`` stay.
+        """
+        pending = stream._tx_pending  # in place: the writer holds it
+        if pinned:
+            groups = list(pending)
+            pending.clear()
+        else:
+            groups = [g for g in pending if not g.pinned]
+            keep = [g for g in pending if g.pinned] if len(groups) < len(pending) else []
+            pending.clear()
+            pending.extend(keep)
         for group in groups:
             stream._tx_queued_bytes -= group.nbytes
             stream._tx_queued_msgs -= len(group.messages)
@@ -697,6 +909,81 @@ class Mux:
             stream._inflight = None
             self._written(stream, groups, size)
 
+    # ------------------------------------------------------------------------
+    # transmit: stalls (tx_stall_timeout)
+
+    async def _watched_writer(self, stream: AttachedStream) -> None:
+        """The writer, and beside it a watchdog that ends with it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stall_watchdog, stream)
+            await self._writer(stream)
+            nursery.cancel_scope.cancel()
+
+    async def _stall_watchdog(self, stream: AttachedStream) -> None:
+        """Look at the write in flight every quarter of ``tx_stall_timeout``.
+
+        The writer is not touched: a write is the ``_inflight`` list object, and
+        one seen at two looks ``timeout`` apart has made no progress for at
+        least that long.  A stall is seen between ``timeout`` and 1.25 times
+        ``timeout`` after the write started.
+        """
+        timeout = self._tx_stall_timeout
+        assert timeout is not None
+        period = timeout / 4
+        seen: list[TxGroup] | None = None
+        seen_at = 0.0
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            inflight = stream._inflight
+            if inflight is not seen:
+                seen, seen_at = inflight, now
+                if stream._stalled_at is not None:
+                    self._resume(stream, now)
+            elif (
+                inflight is not None
+                and stream._stalled_at is None
+                and stream._tx_candidate
+                and now - seen_at >= timeout
+            ):
+                self._stall(stream, now)
+
+    def _stall(self, stream: AttachedStream, now: float) -> None:
+        """No new messages for a stalled stream; those not started move away."""
+        stream._stalled_at = now
+        try:
+            self._remove_tx_candidate(stream)
+            moved = self._take_pending(stream, pinned=False)
+            self._event(StreamStalled(stream, sum(len(g.messages) for g in moved), now))
+            self._requeue_tx(moved)
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+        logger.warning("%r stalled: its write made no progress", stream)
+
+    def _resume(self, stream: AttachedStream, now: float) -> None:
+        """The stalled write completed: the policy gets the stream again."""
+        stalled_at = stream._stalled_at
+        assert stalled_at is not None
+        stream._stalled_at = None
+        if stream._state is not _ACTIVE or stream._unattaching:
+            return
+        try:
+            stream._tx_candidate = True
+            self._tx_candidates += 1
+            self._tx_policy.stream_added(stream)
+            self._event(StreamResumed(stream, now - stalled_at, now))
+            self._dispatch_waiting()
+        except BaseException as exc:
+            self._crash(exc)
+            raise
+        if self._tx_progress is not None:
+            self._tx_progress.set()
+        logger.info("%r resumed", stream)
+
+    def _stalled_writes(self) -> bool:
+        return any(s._stalled_at is not None and s._inflight for s in self._streams)
+
     def _written(self, stream: AttachedStream, groups: list[TxGroup], size: int) -> None:
         now = trio.current_time()
         nmsgs = 0
@@ -713,7 +1000,8 @@ class Mux:
             nmsgs += n
             sock._tx_queued_bytes -= group.nbytes
             sock._tx_queued_msgs -= n
-            if candidate:  # the policy hears nothing more of a removed stream
+            # The policy hears nothing more of a removed stream, nor of send_to.
+            if candidate and not group.pinned:
                 policy.written(stream, sock, group.nbytes, now - group.picked_at)
                 count = owners[sock] - 1
                 if count:
@@ -750,9 +1038,7 @@ class Mux:
             self._rx_candidates -= 1
             self._rx_policy.socket_removed(sock)
 
-    def _deliver(
-        self, sock: KCMSocket | None, message: bytes, origin: AttachedStream | None
-    ) -> None:
+    def _deliver(self, sock: KCMSocket | None, message: bytes, origin: AttachedStream) -> None:
         if sock is None or not sock._rx_candidate:
             raise RuntimeError(
                 f"policy {self._rx_policy!r} picked {sock!r}, which is not a receive candidate"
@@ -839,6 +1125,11 @@ class Mux:
             raise
         return out
 
+    def _take_from(self, sock: KCMSocket, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
+        """``_take``, with the stream each message came on."""
+        origins = [o for _, o in itertools.islice(sock._rx_queue, max_messages)]
+        return list(zip(self._take(sock, max_messages), origins, strict=True))
+
     def _move_rx_queue(self, sock: KCMSocket) -> None:
         """A socket stops receiving: its queued messages go to the others."""
         self._remove_rx_candidate(sock)
@@ -873,6 +1164,7 @@ class Mux:
         if sock._closed:
             return
         sock._closed = True
+        sock._tx_parts = sock._rx_rests = None  # SEQPACKET: unfinished messages are dropped
         self._sockets.pop(sock, None)
         self._socket_indices.discard(sock._index)
         while sock._rx_waiters:
@@ -982,7 +1274,10 @@ class Mux:
             with stream._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, stream)
-                    nursery.start_soon(self._writer, stream)
+                    if self._tx_stall_timeout is None:
+                        nursery.start_soon(self._writer, stream)
+                    else:
+                        nursery.start_soon(self._watched_writer, stream)
         finally:
             # The mux owns the stream until unattach: it closes it when the mux
             # closes or dies (its nursery was cancelled), and on failure if
@@ -996,7 +1291,7 @@ class Mux:
                 close = closing and not stream._unattaching
             try:
                 if close and not stream._released:
-                    self._release_stream(stream)
+                    self._release_stream(stream, closed=True)
                     await self._close_stream(stream, graceful=self._graceful)
             finally:
                 stream._done.set()
@@ -1012,8 +1307,9 @@ class Mux:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 logger.warning("closing %r failed: %r", stream, exc)
 
-    def _release_stream(self, stream: AttachedStream) -> None:
+    def _release_stream(self, stream: AttachedStream, *, closed: bool) -> None:
         if not stream._released:
+            self._event(StreamUnattached(stream, closed, trio.current_time()))
             stream._released = True
             self._streams.pop(stream, None)
             self._stream_indices.discard(stream._index)
@@ -1049,6 +1345,27 @@ class Mux:
                 stream._tx_queued_msgs -= len(group.messages)
         in_doubt = tuple(m for g in inflight for m in g.messages)
         retry = self._take_pending(stream)
+        # Groups sent to this stream with send_to go nowhere else: those not
+        # started are unsent, those in flight are in doubt; neither is retried.
+        lost = [g for g in retry if g.pinned]
+        if lost:
+            retry = [g for g in retry if not g.pinned]
+        unsent = tuple(m for g in lost for m in g.messages)
+        if any(g.pinned for g in inflight):
+            lost += [g for g in inflight if g.pinned]
+            inflight = [g for g in inflight if not g.pinned]
+        if partial is None:
+            partial = stream._assembler.take_partial()
+        error = StreamError(
+            errno,
+            f"psock-{stream._index}: {message}",
+            stream=stream,
+            partial_bytes=partial,
+            in_doubt=in_doubt,
+            unsent=unsent,
+        )
+        error.__cause__ = cause
+        stream._error = error
         if self._retry_in_doubt:
             self._requeue_tx(inflight + retry)
         else:
@@ -1056,18 +1373,11 @@ class Mux:
             # messages must queue behind the retried ones.
             self._requeue_tx(retry)
             self._give_up_tx(inflight)
-        if partial is None:
-            partial = stream._assembler.take_partial()
+        self._give_up_tx(lost)
+        self._reject_senders_to(stream)
         self._hold_messages(stream)
-        error = StreamError(
-            errno,
-            f"psock-{stream._index}: {message}",
-            stream=stream,
-            partial_bytes=partial,
-            in_doubt=in_doubt,
-        )
-        error.__cause__ = cause
         self._post(error)
+        self._event(StreamFailed(stream, error, trio.current_time()))
         stream._scope.cancel()
         logger.warning("%r failed: %s", stream, error)
 
@@ -1075,6 +1385,14 @@ class Mux:
         self._errors.append(error)
         self._trim_errors()
         self._error_lot.unpark()
+
+    def _event(self, event: MuxEvent) -> None:
+        events = self._events
+        events.append(event)
+        if len(events) > EVENT_BACKLOG:
+            events.popleft()
+            self._events_dropped += 1
+        self._event_lot.unpark()
 
     def _trim_errors(self) -> None:
         """With nobody monitoring, keep memory bounded under stream churn.
@@ -1099,6 +1417,7 @@ class Mux:
     def _shut(self) -> None:
         """Closing starts: no new sockets, sends or attaches; sockets close."""
         self._closed = True
+        self._shut_event.set()
         for sock in list(self._sockets):
             self._close_socket(sock)
 
@@ -1106,7 +1425,7 @@ class Mux:
         """Wait (up to close_timeout) until what was accepted is written."""
         self._graceful = True
         with trio.move_on_after(self._close_timeout):
-            while self._tx_outstanding > 0 and self._tx_candidates:
+            while self._tx_outstanding > 0 and (self._tx_candidates or self._stalled_writes()):
                 self._tx_progress = trio.Event()
                 await self._tx_progress.wait()
         self._tx_progress = None
@@ -1146,13 +1465,15 @@ class Mux:
         """
         self._finished = True
         self._closed = True
+        self._shut_event.set()
         try:
             for stream in list(self._streams):
-                self._release_stream(stream)
+                self._release_stream(stream, closed=True)
                 await self._close_stream(stream, graceful=False)
                 stream._done.set()
         finally:
             self._error_lot.unpark_all()
+            self._event_lot.unpark_all()
 
 
 def _closed_error() -> outcome.Error:
@@ -1184,6 +1505,30 @@ class _ErrorFeed:
         return error
 
 
+@final
+class _EventFeed:
+    """The async iterator returned by :meth:`Mux.events`."""
+
+    __slots__ = ("_mux",)
+
+    def __init__(self, mux: Mux) -> None:
+        self._mux = mux
+
+    def __aiter__(self) -> _EventFeed:
+        return self
+
+    async def __anext__(self) -> MuxEvent:
+        mux = self._mux
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not mux._events:
+            if mux._finished:
+                raise StopAsyncIteration
+            await mux._event_lot.park()
+        event = mux._events.popleft()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return event
+
+
 def _check_timeout(value: float | None, name: str) -> None:
     if value is not None and not (value > 0):
         raise ValueError(f"{name} must be None or > 0, not {value!r}")
@@ -1205,6 +1550,7 @@ async def open_mux(
     retry_in_doubt: bool = True,
     close_timeout: float = 5.0,
     validate: bool = True,
+    tx_stall_timeout: float | None = None,
 ) -> AsyncIterator[Mux]:
     """Open a connection multiplexor; an async context manager.
 
@@ -1240,6 +1586,16 @@ async def open_mux(
       close_timeout: Seconds allowed, when the block exits normally, for
         writing what was accepted; also bounds closing each stream.
       validate: Whether outgoing messages are checked with ``parser``.
+      tx_stall_timeout: Seconds a stream's write may make no progress; ``None``
+        (the default) for no limit.  A stream whose write outlasts it is
+        *stalled*: the transmit policy no longer gets it, and the messages
+        queued on it that had not started move to other streams (the one in
+        flight never moves, nor do messages sent to it with
+        :meth:`KCMSocket.send_to`).  It is seen within a quarter of the
+        timeout, and reported as a :class:`StreamStalled` event; when the
+        write completes, the stream is used again (:class:`StreamResumed`).
+        A stall does not fail the stream: do that yourself if you want it
+        gone (:meth:`Mux.unattach`).
 
     On a normal exit it closes every socket (tasks waiting in them get
     :exc:`trio.ClosedResourceError`), waits up to ``close_timeout`` for the
@@ -1263,6 +1619,7 @@ async def open_mux(
     if not isinstance(socket_type, SocketType):
         raise ValueError(f"socket_type must be a SocketType, not {socket_type!r}")
     _check_timeout(assembly_timeout, "assembly_timeout")
+    _check_timeout(tx_stall_timeout, "tx_stall_timeout")
     if not close_timeout >= 0:
         raise ValueError("close_timeout must be >= 0")
     the_parser = as_parser(parser)
@@ -1283,6 +1640,7 @@ async def open_mux(
         retry_in_doubt=retry_in_doubt,
         close_timeout=close_timeout,
         validate=validate,
+        tx_stall_timeout=tx_stall_timeout,
     )
     body_exc: BaseException | None = None
     unwrap = False

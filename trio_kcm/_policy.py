@@ -26,6 +26,10 @@ bookkeeping:
   :meth:`~Policy.released` (a socket has nothing left queued or in flight on a
   stream).
 
+Messages sent with :meth:`KCMSocket.send_to` name their stream themselves:
+the policy is not asked, and hears nothing of them (they do count in
+:attr:`AttachedStream.tx_queued_bytes`).
+
 Cheap read-only views of the load are :attr:`KCMSocket.rx_queued_bytes` and
 :attr:`AttachedStream.tx_queued_bytes`.
 

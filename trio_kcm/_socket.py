@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import errno as _errno
+import weakref
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, TypeVar, final
 
 import trio
 
@@ -18,15 +20,35 @@ if TYPE_CHECKING:
 
 __all__ = ["KCMSocket", "SocketType"]
 
+T = TypeVar("T")
+
 
 class SocketType(enum.Enum):
     """The kind of KCM socket, as in ``socket(AF_KCM, type, 0)``."""
 
-    #: Whole messages in and out (the default).
+    #: Whole messages in and out (the default): ``send(part, more=True)`` and
+    #: ``receive_some()`` raise ``OSError(EOPNOTSUPP)``.
     DGRAM = "dgram"
-    #: The kernel's SEQPACKET lets a message be built over several sends and read
-    #: in pieces.  Not yet: for now a SEQPACKET mux behaves exactly as ``DGRAM``.
+    #: As ``DGRAM``, and also: a message can be built over several
+    #: ``send(part, more=True)`` calls (the kernel's SEQPACKET without
+    #: ``MSG_EOR``), and read in pieces with ``receive_some(max_bytes)``.
     SEQPACKET = "seqpacket"
+
+
+class _Parts:
+    """The message a task is building with ``send(part, more=True)``."""
+
+    __slots__ = ("nbytes", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.nbytes = 0
+
+
+def _not_seqpacket(what: str) -> OSError:
+    return OSError(
+        _errno.EOPNOTSUPP, f"{what} needs a SEQPACKET socket (a DGRAM socket keeps messages whole)"
+    )
 
 
 class _Batch:
@@ -71,10 +93,12 @@ class KCMSocket:
         "_rx_msgs",
         "_rx_queue",
         "_rx_queued_bytes",
+        "_rx_rests",
         "_rx_waiters",
         "_tx_bytes",
         "_tx_limit",
         "_tx_msgs",
+        "_tx_parts",
         "_tx_queue",
         "_tx_queued_bytes",
         "_tx_queued_msgs",
@@ -91,7 +115,7 @@ class KCMSocket:
         # receive
         self._rx_candidate = False
         self._rx_limit = receive_buffer_size
-        self._rx_queue: deque[tuple[bytes, AttachedStream | None]] = deque()
+        self._rx_queue: deque[tuple[bytes, AttachedStream]] = deque()
         self._rx_queued_bytes = 0
         self._rx_waiters: deque[trio.lowlevel.Task] = deque()
         # transmit
@@ -101,6 +125,12 @@ class KCMSocket:
         self._tx_queued_msgs = 0
         self._tx_waiters: OrderedDict[trio.lowlevel.Task, _SendWaiter] = OrderedDict()
         self._batches: dict[trio.lowlevel.Task, _Batch] = {}
+        # SEQPACKET, per task, made on first use: messages being built, and
+        # the unread rest of messages being read in pieces.
+        self._tx_parts: weakref.WeakKeyDictionary[trio.lowlevel.Task, _Parts] | None = None
+        self._rx_rests: weakref.WeakKeyDictionary[trio.lowlevel.Task, tuple[bytes, int]] | None = (
+            None
+        )
         # counters
         self._rx_msgs = 0
         self._rx_bytes = 0
@@ -155,22 +185,33 @@ class KCMSocket:
 
     # -- sending --------------------------------------------------------------
 
-    def send_nowait(self, message: bytes) -> None:
+    def send_nowait(self, message: bytes, *, more: bool = False) -> None:
         """Hand ``message`` to the mux, or raise :exc:`trio.WouldBlock`.
+
+        With ``more=True`` (SEQPACKET) the part is kept, as by :meth:`send`,
+        and this never raises :exc:`trio.WouldBlock`.  A message completed here
+        that does not fit raises :exc:`trio.WouldBlock` and is dropped, parts
+        and all.
 
         Raises:
           trio.WouldBlock: The send buffer is full (or other senders wait).
           BadMessage: The mux's parser does not accept ``message``.
-          OSError: ``EMSGSIZE``: ``message`` is above ``max_message_size``.
+          OSError: ``EMSGSIZE``: ``message`` is above ``max_message_size``;
+            ``EOPNOTSUPP``: ``more=True`` on a DGRAM socket.
           ValueError: ``message`` is empty.
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
+        if more or self._tx_parts is not None:
+            if more:
+                self._add_part(message)
+                return
+            message = self._take_parts(message)
         message = self._mux._prepare(message)
         if not self._mux._try_send(self, [message], len(message)):
             raise trio.WouldBlock
 
-    async def send(self, message: bytes) -> None:
+    async def send(self, message: bytes, *, more: bool = False) -> None:
         """Hand one whole message to the mux; wait while the send buffer is full.
 
         It returns once the message is accepted, like ``sendmsg`` returning
@@ -183,19 +224,37 @@ class KCMSocket:
 
         Inside :meth:`batch`, the message is held until the batch ends.
 
+        On a SEQPACKET socket, ``more=True`` makes ``message`` the first or
+        next *part* of a message that this task is building: it is kept, not
+        sent, and this returns at once.  The call without ``more`` adds the
+        last part and sends the whole as one message, checked and written
+        atomically like any other.  Each task builds its own message, so tasks
+        sharing a socket do not mix their parts.  A message whose building is
+        abandoned is never sent, not a byte of it: when one of its ``send``
+        calls is cancelled or raises, when the socket closes, when the task
+        ends, or on :meth:`abandon_message`.
+
         Args:
           message: The message, header included; any bytes-like object (it is
             copied unless it is :class:`bytes`).  It may also be a "super
             message": several complete messages joined.
+          more: SEQPACKET only: this is not the last part of the message.
 
         Raises:
           BadMessage: The mux's parser does not accept ``message`` as one or
             more complete messages (checked before anything is written).
-          OSError: ``EMSGSIZE``: ``message`` is above ``max_message_size``.
+          OSError: ``EMSGSIZE``: ``message`` (or the message built so far) is
+            above ``max_message_size``; ``EOPNOTSUPP``: ``more=True`` on a
+            DGRAM socket.
           ValueError: ``message`` is empty (KCM cannot send an empty message).
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
+        if more or self._tx_parts is not None:
+            if more:
+                await self._send_part(message)
+                return
+            message = self._take_parts(message)
         message = self._mux._prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._mux._try_send(self, [message], len(message)):
@@ -208,6 +267,76 @@ class KCMSocket:
         # A send held by this task's batch is a cancel point but not a schedule
         # point: the batch's end is (see batch()).
         return bool(self._batches) and trio.lowlevel.current_task() in self._batches
+
+    async def _send_part(self, part: bytes) -> None:
+        self._add_part(part)
+        try:
+            await trio.lowlevel.checkpoint()
+        except BaseException:
+            self.abandon_message()
+            raise
+
+    def _add_part(self, part: bytes) -> None:
+        mux = self._mux
+        if mux._socket_type is not SocketType.SEQPACKET:
+            raise _not_seqpacket("send(..., more=True)")
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if type(part) is not bytes:
+            if isinstance(part, str):
+                raise TypeError("messages are bytes, not str")
+            part = memoryview(part).tobytes()
+        if self._tx_parts is None:
+            self._tx_parts = weakref.WeakKeyDictionary()
+        task = trio.lowlevel.current_task()
+        building = self._tx_parts.get(task)
+        if building is None:
+            building = self._tx_parts[task] = _Parts()
+        nbytes = building.nbytes + len(part)
+        if nbytes > mux._max_message_size:
+            del self._tx_parts[task]
+            raise OSError(
+                _errno.EMSGSIZE,
+                f"the message being built would be {nbytes} bytes, larger than"
+                f" max_message_size={mux._max_message_size}; it was dropped",
+            )
+        building.parts.append(part)
+        building.nbytes = nbytes
+
+    def _take_parts(self, last: bytes) -> bytes:
+        """The whole message: this task's parts, then ``last``; they are taken."""
+        assert self._tx_parts is not None
+        building = self._tx_parts.pop(trio.lowlevel.current_task(), None)
+        if building is None:
+            return last
+        if type(last) is not bytes:
+            if isinstance(last, str):
+                raise TypeError("messages are bytes, not str")
+            last = memoryview(last).tobytes()
+        if building.nbytes + len(last) > self._mux._max_message_size:
+            raise OSError(
+                _errno.EMSGSIZE,
+                f"the message built would be {building.nbytes + len(last)} bytes, larger than"
+                f" max_message_size={self._mux._max_message_size}; it was dropped",
+            )
+        building.parts.append(last)
+        return b"".join(building.parts)
+
+    def abandon_message(self) -> None:
+        """Forget this task's unfinished SEQPACKET messages.
+
+        The message it is building with ``send(part, more=True)`` is dropped:
+        nothing of it is sent.  The rest of a message it is reading with
+        :meth:`receive_some` is dropped too: its next :meth:`receive_some`
+        starts a new message.  Use it when the task gives up half-way for a
+        reason of its own (a failed ``send`` or ``receive_some`` does it for
+        you).  Does nothing if there is nothing to forget.
+        """
+        task = trio.lowlevel.current_task()
+        if self._tx_parts is not None:
+            self._tx_parts.pop(task, None)
+        if self._rx_rests is not None:
+            self._rx_rests.pop(task, None)
 
     def send_many_nowait(self, messages: Iterable[bytes]) -> None:
         """:meth:`send_many`, or :exc:`trio.WouldBlock` if the buffer is full."""
@@ -304,7 +433,7 @@ class KCMSocket:
             waiting).
 
         """
-        return (await self._receive(1))[0]
+        return (await self._receive(1, self._mux._take))[0]
 
     def receive_many_nowait(self, max_messages: int) -> list[bytes]:
         """Take up to ``max_messages`` queued messages, or raise :exc:`trio.WouldBlock`."""
@@ -329,14 +458,14 @@ class KCMSocket:
         """
         if max_messages < 1:
             raise ValueError("max_messages must be >= 1")
-        return await self._receive(max_messages)
+        return await self._receive(max_messages, self._mux._take)
 
-    async def _receive(self, max_messages: int) -> list[bytes]:
+    async def _receive(self, max_messages: int, take: Callable[[KCMSocket, int], T]) -> T:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
         if self._rx_queue:
-            messages = self._mux._take(self, max_messages)
+            messages = take(self, max_messages)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return messages
         task = trio.lowlevel.current_task()
@@ -352,9 +481,174 @@ class KCMSocket:
             if self._closed:
                 raise trio.ClosedResourceError("the KCM socket is closed")
             if self._rx_queue:
-                return self._mux._take(self, max_messages)
+                return take(self, max_messages)
             # Another task took it first, or it moved away: wait at the head.
             waiters.appendleft(task)
+
+    # -- SEQPACKET: a message in pieces ---------------------------------------
+
+    def receive_some_nowait(self, max_bytes: int) -> tuple[bytes, bool]:
+        """:meth:`receive_some`, or raise :exc:`trio.WouldBlock` if there is nothing to read."""
+        rest = self._check_receive_some(max_bytes)
+        if rest is None:
+            if not self._rx_queue:
+                raise trio.WouldBlock
+            rest = (self._mux._take(self, 1)[0], 0)
+        return self._piece(rest, max_bytes)
+
+    async def receive_some(self, max_bytes: int) -> tuple[bytes, bool]:
+        """Read a message in pieces of at most ``max_bytes`` (SEQPACKET).
+
+        Returns the next piece of the message this task is reading, or, if it
+        read the last one, the first piece of the next message (waiting for
+        one, as :meth:`receive` does), and whether this piece ends its
+        message (the kernel's ``MSG_EOR``).  A message that fits is returned
+        whole, with ``True``.  Each task reads its own message: the rest of a
+        message is kept for the task that started it, and :meth:`receive`
+        always returns whole messages.  The message counts as received when
+        its first piece is taken; its rest is dropped if the socket closes,
+        the task ends, or it calls :meth:`abandon_message`.  A cancelled call
+        took nothing.
+
+        Raises:
+          ValueError: ``max_bytes`` is below 1.
+          OSError: ``EOPNOTSUPP``: the socket is DGRAM.
+          trio.ClosedResourceError: The socket or mux is closed.
+
+        """
+        rest = self._check_receive_some(max_bytes)
+        if rest is None:
+            rest = ((await self._receive(1, self._mux._take))[0], 0)
+            return self._piece(rest, max_bytes)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        piece = self._piece(rest, max_bytes)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return piece
+
+    def _check_receive_some(self, max_bytes: int) -> tuple[bytes, int] | None:
+        """Check the call; return the rest this task has to read, if any."""
+        if self._mux._socket_type is not SocketType.SEQPACKET:
+            raise _not_seqpacket("receive_some()")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if self._rx_rests is None:
+            return None
+        return self._rx_rests.get(trio.lowlevel.current_task())
+
+    def _piece(self, rest: tuple[bytes, int], max_bytes: int) -> tuple[bytes, bool]:
+        message, start = rest
+        end = start + max_bytes
+        task = trio.lowlevel.current_task()
+        if end >= len(message):
+            if start:
+                assert self._rx_rests is not None
+                del self._rx_rests[task]
+                return message[start:], True
+            return message, True
+        if self._rx_rests is None:
+            self._rx_rests = weakref.WeakKeyDictionary()
+        self._rx_rests[task] = (message, end)
+        return message[start:end], False
+
+    # -- origin and pinned replies (recvfrom / sendto) --------------------------
+
+    def receive_from_nowait(self) -> tuple[bytes, AttachedStream]:
+        """:meth:`receive_from`, or raise :exc:`trio.WouldBlock` if nothing is queued."""
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if not self._rx_queue:
+            raise trio.WouldBlock
+        return self._mux._take_from(self, 1)[0]
+
+    async def receive_from(self) -> tuple[bytes, AttachedStream]:
+        """Wait for one whole message; return it and the stream it came on.
+
+        Like ``recvfrom``: the :class:`AttachedStream` is the handle
+        :meth:`Mux.attach` returned for the stream that carried the message
+        (the kernel's KCM cannot tell).  Pass it to :meth:`send_to` to answer
+        on the same connection.  It is the same message :meth:`receive`
+        would have returned; the handle may have failed or been unattached
+        since.
+
+        Raises:
+          trio.ClosedResourceError: The socket or mux is closed.
+
+        """
+        return (await self._receive(1, self._mux._take_from))[0]
+
+    def receive_many_from_nowait(self, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
+        """:meth:`receive_many_from`, or raise :exc:`trio.WouldBlock` if nothing is queued."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if not self._rx_queue:
+            raise trio.WouldBlock
+        return self._mux._take_from(self, max_messages)
+
+    async def receive_many_from(self, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
+        """:meth:`receive_many`, each message with the stream it came on.
+
+        Returns:
+          1 to ``max_messages`` ``(message, handle)`` pairs, as
+          :meth:`receive_from` returns them.
+
+        Raises:
+          ValueError: ``max_messages`` is below 1.
+          trio.ClosedResourceError: The socket or mux is closed.
+
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be >= 1")
+        return await self._receive(max_messages, self._mux._take_from)
+
+    def send_to_nowait(self, message: bytes, handle: AttachedStream) -> None:
+        """:meth:`send_to`, or raise :exc:`trio.WouldBlock` if the send buffer is full."""
+        message = self._mux._prepare(message)
+        if not self._mux._try_send_to(self, handle, [message], len(message)):
+            raise trio.WouldBlock
+
+    async def send_to(self, message: bytes, handle: AttachedStream) -> None:
+        """Send one whole message on the stream ``handle``, not where the policy says.
+
+        Like ``sendto``: with the handle :meth:`receive_from` returned, a reply
+        goes back on the connection its request came on, so one mux can serve
+        many clients.  The transmit policy is bypassed (it neither picks the
+        stream nor hears of the message).  Everything else is as for
+        :meth:`send`: the message is checked first, written whole and never
+        interleaved, counts against this socket's send buffer (this waits
+        while it is full, and a cancelled call sent nothing), and messages
+        this socket sends to one stream go out in the order they were
+        accepted, behind what the policy had already queued there.  It is not
+        held by :meth:`batch`, and it does not wait behind messages of this
+        socket that no stream was picked for yet.
+
+        A message sent to a stream never moves to another one.  If the stream
+        fails before writing it, it is listed in the :class:`StreamError`:
+        in :attr:`~StreamError.unsent` if its write had not started, in
+        :attr:`~StreamError.in_doubt` if it had (and it is not resent).  If
+        the stream is unattached, :meth:`Mux.unattach` writes it first.
+
+        Raises:
+          trio.BrokenResourceError: The stream failed (before the message was
+            accepted); its :class:`StreamError` is ``__cause__``.
+          trio.ClosedResourceError: The stream was unattached (or is being
+            unattached), or this socket or the mux is closed.
+          ValueError: ``handle`` belongs to another mux.
+          BadMessage: The mux's parser does not accept ``message``.
+          OSError: ``EMSGSIZE``: ``message`` is above ``max_message_size``.
+
+        """
+        message = self._mux._prepare(message)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._mux._try_send_to(self, handle, [message], len(message)):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        await self._mux._wait_send(self, [message], len(message), handle)
 
     def __aiter__(self) -> KCMSocket:
         return self

@@ -125,3 +125,5 @@ class MuxStatistics:
     #: no longer attached (closed by ``auto_close``), the oldest go (each was
     #: logged when it happened).
     errors_dropped: int
+    #: Events dropped untaken: beyond 1,024 waiting events the oldest go.
+    events_dropped: int

@@ -14,6 +14,7 @@ from ._stats import StreamState, StreamStatistics
 from ._tcpinfo import TCPInfo, tcp_info_of
 
 if TYPE_CHECKING:
+    from ._errors import StreamError
     from ._mux import Mux
     from ._socket import KCMSocket
 
@@ -25,11 +26,22 @@ class TxGroup:
 
     __slots__ = ("messages", "nbytes", "picked_at", "sock")
 
+    #: Sent with ``send_to``: bound to its stream, unknown to the policy.
+    pinned = False
+
     def __init__(self, sock: KCMSocket, messages: list[bytes], nbytes: int) -> None:
         self.sock = sock
         self.messages = messages
         self.nbytes = nbytes
         self.picked_at = 0.0
+
+
+class PinnedTxGroup(TxGroup):
+    """Internal: a group from ``send_to``; it never moves to another stream."""
+
+    __slots__ = ()
+
+    pinned = True
 
 
 @final
@@ -48,6 +60,7 @@ class AttachedStream:
         "_assembly_timeout",
         "_deadline",
         "_done",
+        "_error",
         "_held",
         "_index",
         "_inflight",
@@ -61,6 +74,7 @@ class AttachedStream:
         "_rx_msg_timeouts",
         "_rx_paused",
         "_scope",
+        "_stalled_at",
         "_state",
         "_stream",
         "_tx_aborts",
@@ -96,11 +110,13 @@ class AttachedStream:
         self._scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
         self._done = trio.Event()
+        self._error: StreamError | None = None
         self._unattaching = False
         self._released = False
         self._unread = b""
         # transmit
         self._tx_candidate = False
+        self._stalled_at: float | None = None
         self._tx_pending: deque[TxGroup] = deque()
         self._tx_queued_bytes = 0
         self._tx_queued_msgs = 0
@@ -151,6 +167,11 @@ class AttachedStream:
         :attr:`StreamError.partial_bytes`).
         """
         return self._unread
+
+    @property
+    def stalled(self) -> bool:
+        """Whether its write is stalled (see ``tx_stall_timeout`` in :func:`open_mux`)."""
+        return self._stalled_at is not None
 
     @property
     def tx_queued_bytes(self) -> int:

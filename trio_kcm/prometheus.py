@@ -77,6 +77,7 @@ _MUX_FIELDS: tuple[_Field, ...] = (
     _Field("sockets", "gauge", "Open KCM sockets."),
     _Field("stream_errors", "counter", "Stream failures, ever."),
     _Field("errors_dropped", "counter", "Stream errors dropped before a monitor took them."),
+    _Field("events_dropped", "counter", "Events dropped before a monitor took them."),
 )
 
 _STREAM_FIELDS: tuple[_Field, ...] = (
