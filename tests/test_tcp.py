@@ -530,3 +530,64 @@ async def test_unattach_tcp_stream_mid_message() -> None:
         await stream.aclose()
         assert mux.statistics().rx_msgs == 1
         assert mux.statistics().stream_errors == 0
+
+
+async def test_a_write_the_kernel_takes_only_in_part_is_finished_whole() -> None:
+    # The sending task writes at once to an idle TCP stream; what the kernel
+    # does not take (a small send buffer, a peer not reading yet) is left to
+    # the stream's writer, which finishes that write before any other.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = frame(random.Random(5).randbytes(1 << 20))
+    async with trio_kcm.open_mux(
+        parser=P, max_message_size=2 << 20, send_buffer_size=4 << 20
+    ) as mux:
+        handle = mux.attach(client)
+        sock = mux.socket()
+        await trio.testing.wait_all_tasks_blocked()  # the stream's writer is idle
+        await sock.send(big)  # accepted; the kernel took only the start of it
+        await trio.testing.wait_all_tasks_blocked()
+        assert handle.statistics().tx_msgs == 0  # the writer waits for the peer
+        await sock.send(frame(b"after"))
+        await sock.send_many([frame(b"one"), frame(b"two")])
+        reader = PeerReader(server)
+        assert await reader.read_frames(4) == [big, frame(b"after"), frame(b"one"), frame(b"two")]
+        await trio.testing.wait_all_tasks_blocked()
+        assert handle.statistics().tx_msgs == 4
+        assert mux.statistics().stream_errors == 0
+    await server.aclose()
+
+
+async def test_pinned_replies_and_plain_sends_interleave_whole_over_tcp() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    expected = []
+    async with trio_kcm.open_mux(parser=P) as mux:
+        handle = mux.attach(client)
+        sock = mux.socket()
+        async with trio.open_nursery() as nursery:
+            reader = PeerReader(server)
+            got: list[bytes] = []
+
+            async def read() -> None:
+                got.extend(await reader.read_frames(300))
+
+            nursery.start_soon(read)
+            for i in range(100):
+                for m in (frame(b"s%d" % i), frame(b"t%d" % i)):
+                    expected.append(m)
+                    if i % 2:
+                        await sock.send_to(m, handle)
+                    else:
+                        await sock.send(m)
+                expected.append(frame(b"m%d" % i))
+                await sock.send_many([frame(b"m%d" % i)])
+        assert got == expected  # one socket, one stream: its order, every message whole
+    await server.aclose()
