@@ -532,10 +532,10 @@ async def test_unattach_tcp_stream_mid_message() -> None:
         assert mux.statistics().stream_errors == 0
 
 
-async def test_a_write_the_kernel_takes_in_part_is_finished_whole_before_the_next() -> None:
-    # What the kernel does not take at once (a small send buffer, a peer not
-    # reading yet) waits in the stream's write; the messages sent meanwhile
-    # follow it, whole and in order.
+async def test_a_write_the_kernel_takes_only_in_part_is_finished_whole() -> None:
+    # The sending task writes at once to an idle TCP stream; what the kernel
+    # does not take (a small send buffer, a peer not reading yet) is left to
+    # the stream's writer, which finishes that write before any other.
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     client = await trio.open_tcp_stream("127.0.0.1", port)

@@ -101,6 +101,22 @@ class _SendWaiter:
         self.target = target  # send_to: the stream it must go on
 
 
+def _collect(pending: deque[TxGroup]) -> tuple[list[TxGroup], int, bytes]:
+    """Take the next write off a stream's queue: whole groups, up to ~WRITE_COALESCE."""
+    group = pending.popleft()
+    groups = [group]
+    size = group.nbytes
+    while pending and size < WRITE_COALESCE:
+        group = pending.popleft()
+        groups.append(group)
+        size += group.nbytes
+    if len(groups) == 1 and len(groups[0].messages) == 1:
+        data = groups[0].messages[0]
+    else:
+        data = b"".join([m for g in groups for m in g.messages])
+    return groups, size, data
+
+
 def _lowest_free(used: set[int]) -> int:
     i = 0
     while i in used:
@@ -171,6 +187,10 @@ class Mux:
         self._tx_candidates = 0
         self._tx_waiting: OrderedDict[KCMSocket, None] = OrderedDict()
         self._tx_outstanding = 0  # bytes accepted and not written (or given up)
+        # Idle streams the sending task may write to at once (_write_eagerly);
+        # noted only while a send method is accepting (_eager_ok).
+        self._eager: list[AttachedStream] = []
+        self._eager_ok = False
         self._tx_progress: trio.Event | None = None
         # errors
         self._errors: deque[StreamError] = deque()
@@ -750,8 +770,7 @@ class Mux:
         handle._tx_pending.append(group)
         handle._tx_queued_bytes += nbytes
         handle._tx_queued_msgs += n
-        if handle._writer_lot:
-            handle._writer_lot.unpark()
+        self._wake_writer(handle)
 
     def _reject_senders_to(self, handle: AttachedStream) -> None:
         """Senders waiting to send_to a handle that just failed or is leaving get its error."""
@@ -803,8 +822,56 @@ class Mux:
         if not count:
             stream._reserved += 1
         owners[sock] = count + 1
-        if stream._writer_lot:
-            stream._writer_lot.unpark()
+        self._wake_writer(stream)
+
+    def _wake_writer(self, stream: AttachedStream) -> None:
+        lot = stream._writer_lot
+        if lot:
+            # The writer was idle: wake it, and let the sending task try to
+            # write at once (_write_eagerly), saving the trip through it.
+            lot.unpark()
+            if self._eager_ok and stream._eager_send is not None:
+                self._eager.append(stream)
+
+    def _write_eagerly(self) -> None:
+        """Write, from the sending task, what was just queued on idle streams.
+
+        Called by the send methods once a message is accepted.  A write that
+        the kernel takes whole is done here and then; what it does not take is
+        left to the stream's writer task, which finishes that write before any
+        other (so the message stays whole).  An error is left to the writer
+        too: it will meet it again and fail the stream as usual.
+        """
+        eager = self._eager
+        try:
+            while eager:
+                stream = eager.pop()
+                pending = stream._tx_pending
+                if (
+                    not pending
+                    or stream._inflight is not None
+                    or stream._state is not _ACTIVE
+                    or stream._unattaching
+                    or stream._eager_send is None
+                ):
+                    continue
+                groups, size, data = _collect(pending)
+                stream._inflight = groups
+                try:
+                    sent = stream._eager_send(data)
+                except OSError:  # BlockingIOError included
+                    sent = 0
+                if sent == len(data):
+                    stream._inflight = None
+                    self._written(stream, groups, size)
+                else:
+                    stream._rest = (memoryview(data)[sent:], size)
+                    if stream._writer_lot:
+                        stream._writer_lot.unpark()
+        except BaseException as exc:
+            eager.clear()
+            self._crash(exc)
+            raise
 
     def _drain_tx_queue(self, sock: KCMSocket) -> bool:
         """Dispatch a socket's waiting groups in order; True if none is left."""
@@ -881,23 +948,21 @@ class Mux:
         pending = stream._tx_pending
         transport = stream._stream
         while True:
-            if not pending:
+            data: bytes | memoryview
+            if stream._rest is not None:
+                # The rest of a write the sending task began (_write_eagerly).
+                data, size = stream._rest
+                stream._rest = None
+                groups = stream._inflight
+                assert groups is not None
+            elif not pending:
                 if stream._unattaching:
                     return
                 await stream._writer_lot.park()
                 continue
-            group = pending.popleft()
-            groups = [group]
-            size = group.nbytes
-            while pending and size < WRITE_COALESCE:
-                group = pending.popleft()
-                groups.append(group)
-                size += group.nbytes
-            if len(groups) == 1 and len(groups[0].messages) == 1:
-                data = groups[0].messages[0]
             else:
-                data = b"".join([m for g in groups for m in g.messages])
-            stream._inflight = groups
+                groups, size, data = _collect(pending)
+                stream._inflight = groups
             try:
                 await transport.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -1338,6 +1403,7 @@ class Mux:
         self._remove_tx_candidate(stream)
         inflight = stream._inflight or []
         stream._inflight = None
+        stream._rest = None
         if inflight:
             stream._tx_aborts += 1
             for group in inflight:

@@ -255,13 +255,21 @@ class KCMSocket:
                 await self._send_part(message)
                 return
             message = self._take_parts(message)
-        message = self._mux._prepare(message)
+        mux = self._mux
+        message = mux._prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._mux._try_send(self, [message], len(message)):
+        mux._eager_ok = True
+        try:
+            accepted = mux._try_send(self, [message], len(message))
+        finally:
+            mux._eager_ok = False
+        if accepted:
             if not self._in_batch():
+                if mux._eager:
+                    mux._write_eagerly()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        await self._mux._wait_send(self, [message], len(message))
+        await mux._wait_send(self, [message], len(message))
 
     def _in_batch(self) -> bool:
         # A send held by this task's batch is a cancel point but not a schedule
@@ -363,8 +371,18 @@ class KCMSocket:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not batch and self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        if not batch or self._mux._try_send(self, batch, nbytes):
+        mux = self._mux
+        accepted = False
+        if batch:
+            mux._eager_ok = True
+            try:
+                accepted = mux._try_send(self, batch, nbytes)
+            finally:
+                mux._eager_ok = False
+        if not batch or accepted:
             if not self._in_batch():
+                if mux._eager:
+                    mux._write_eagerly()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._mux._wait_send(self, batch, nbytes)
@@ -645,7 +663,15 @@ class KCMSocket:
         """
         message = self._mux._prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._mux._try_send_to(self, handle, [message], len(message)):
+        mux = self._mux
+        mux._eager_ok = True
+        try:
+            accepted = mux._try_send_to(self, handle, [message], len(message))
+        finally:
+            mux._eager_ok = False
+        if accepted:
+            if mux._eager:
+                mux._write_eagerly()
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._mux._wait_send(self, [message], len(message), handle)

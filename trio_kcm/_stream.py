@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import socket as _socket
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, final
 
 import trio
@@ -19,6 +21,21 @@ if TYPE_CHECKING:
     from ._socket import KCMSocket
 
 __all__ = ["AttachedStream"]
+
+
+def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
+    """A non-blocking ``send`` for a plain :class:`trio.SocketStream`, else ``None``.
+
+    Trio keeps the socket non-blocking, so a write the kernel can take at once
+    needs no wait: the sending task can make it itself, without a trip
+    through the stream's writer task (see ``Mux._write_eagerly``).
+    """
+    if type(stream) is trio.SocketStream:
+        raw = getattr(stream.socket, "_sock", None)
+        if isinstance(raw, _socket.socket) and not raw.getblocking():
+            send: Callable[[bytes], int] = raw.send
+            return send
+    return None
 
 
 class TxGroup:
@@ -60,6 +77,7 @@ class AttachedStream:
         "_assembly_timeout",
         "_deadline",
         "_done",
+        "_eager_send",
         "_error",
         "_held",
         "_index",
@@ -71,6 +89,7 @@ class AttachedStream:
         "_reader_scope",
         "_released",
         "_reserved",
+        "_rest",
         "_rx_msg_timeouts",
         "_rx_paused",
         "_scope",
@@ -121,6 +140,10 @@ class AttachedStream:
         self._tx_queued_bytes = 0
         self._tx_queued_msgs = 0
         self._inflight: list[TxGroup] | None = None
+        # A write the sending task began (Mux._write_eagerly): what is left of
+        # it, and its size, for the writer to finish.
+        self._rest: tuple[memoryview, int] | None = None
+        self._eager_send = _eager_sender(stream)
         self._owners: dict[KCMSocket, int] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
         # receive: complete messages waiting for a socket with room
