@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import math
-import socket as _socket
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, final
@@ -24,18 +25,28 @@ __all__ = ["AttachedStream"]
 
 
 def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
-    """A non-blocking ``send`` for a plain :class:`trio.SocketStream`, else ``None``.
+    """A non-blocking write for a plain :class:`trio.SocketStream`, else ``None``.
 
-    Trio keeps the socket non-blocking, so a write the kernel can take at once
-    needs no wait: the sending task can make it itself, without a trip
-    through the stream's writer task (see ``Mux._write_eagerly``).
+    Trio keeps its sockets non-blocking, so a write the kernel can take at
+    once needs no wait: the sending task can make it itself, without a trip
+    through the stream's writer task (see ``Mux._write_eagerly``).  The file
+    descriptor is asked for at each write: once the socket is closed it is
+    ``-1``, never a number reused by something else.
     """
-    if type(stream) is trio.SocketStream:
-        raw = getattr(stream.socket, "_sock", None)
-        if isinstance(raw, _socket.socket) and not raw.getblocking():
-            send: Callable[[bytes], int] = raw.send
-            return send
-    return None
+    if os.name != "posix" or type(stream) is not trio.SocketStream:
+        return None
+    sock = stream.socket
+    fd = sock.fileno()
+    if fd < 0 or os.get_blocking(fd):
+        return None
+
+    def send(data: bytes) -> int:
+        fd = sock.fileno()
+        if fd < 0:
+            raise OSError(errno.EBADF, "the socket is closed")
+        return os.write(fd, data)
+
+    return send
 
 
 class TxGroup:
