@@ -827,19 +827,16 @@ class Mux:
     def _wake_writer(self, stream: AttachedStream) -> None:
         lot = stream._writer_lot
         if lot:
+            # The writer was idle: wake it, and let the sending task try to
+            # write at once (_write_eagerly), saving the trip through it.
+            lot.unpark()
             if self._eager_ok and stream._eager_send is not None:
-                # The writer is idle: the sending task writes at once
-                # (_write_eagerly), and wakes the writer only if it must.
                 self._eager.append(stream)
-            else:
-                lot.unpark()
 
     def _write_eagerly(self) -> None:
         """Write, from the sending task, what was just queued on idle streams.
 
-        Called by the send methods right after they tried to accept, whatever
-        came of it: a stream noted here was not woken, so its writer must be
-        woken now if this does not write.  A write that
+        Called by the send methods once a message is accepted.  A write that
         the kernel takes whole is done here and then; what it does not take is
         left to the stream's writer task, which finishes that write before any
         other (so the message stays whole).  An error is left to the writer
@@ -857,8 +854,6 @@ class Mux:
                     or stream._unattaching
                     or stream._eager_send is None
                 ):
-                    if stream._writer_lot:
-                        stream._writer_lot.unpark()
                     continue
                 groups, size, data = _collect(pending)
                 stream._inflight = groups

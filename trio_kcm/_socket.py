@@ -263,10 +263,10 @@ class KCMSocket:
             accepted = mux._try_send(self, [message], len(message))
         finally:
             mux._eager_ok = False
-            if mux._eager:
-                mux._write_eagerly()
         if accepted:
             if not self._in_batch():
+                if mux._eager:
+                    mux._write_eagerly()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await mux._wait_send(self, [message], len(message))
@@ -379,10 +379,10 @@ class KCMSocket:
                 accepted = mux._try_send(self, batch, nbytes)
             finally:
                 mux._eager_ok = False
-                if mux._eager:
-                    mux._write_eagerly()
         if not batch or accepted:
             if not self._in_batch():
+                if mux._eager:
+                    mux._write_eagerly()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._mux._wait_send(self, batch, nbytes)
@@ -669,9 +669,9 @@ class KCMSocket:
             accepted = mux._try_send_to(self, handle, [message], len(message))
         finally:
             mux._eager_ok = False
+        if accepted:
             if mux._eager:
                 mux._write_eagerly()
-        if accepted:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._mux._wait_send(self, [message], len(message), handle)
