@@ -35,7 +35,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import final
+from typing import Generic, TypeVar, final
 
 import outcome
 import trio
@@ -511,7 +511,7 @@ class Mux:
                 # with auto_close=False: await mux.unattach(err.stream) and close it
 
         """
-        return _ErrorFeed(self)
+        return _Feed(self, self._errors, self._error_lot)
 
     def events(self) -> AsyncIterator[MuxEvent]:
         """Iterate over what happens to the streams: the monitor's feed.
@@ -538,7 +538,7 @@ class Mux:
                     log.warning("psock-%d failed: %s", event.stream.index, event.error)
 
         """
-        return _EventFeed(self)
+        return _Feed(self, self._events, self._event_lot)
 
     def statistics(self) -> MuxStatistics:
         """Return a snapshot of the mux's counters."""
@@ -1547,52 +1547,37 @@ def _closed_error() -> outcome.Error:
     return outcome.Error(trio.ClosedResourceError("the KCM socket was closed"))
 
 
-@final
-class _ErrorFeed:
-    """The async iterator returned by :meth:`Mux.errors`."""
-
-    __slots__ = ("_mux",)
-
-    def __init__(self, mux: Mux) -> None:
-        self._mux = mux
-
-    def __aiter__(self) -> _ErrorFeed:
-        return self
-
-    async def __anext__(self) -> StreamError:
-        mux = self._mux
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while not mux._errors:
-            if mux._finished:
-                raise StopAsyncIteration
-            await mux._error_lot.park()
-        error = mux._errors.popleft()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return error
+_T = TypeVar("_T")
 
 
 @final
-class _EventFeed:
-    """The async iterator returned by :meth:`Mux.events`."""
+class _Feed(Generic[_T]):
+    """The async iterator returned by :meth:`Mux.errors` and :meth:`Mux.events`.
 
-    __slots__ = ("_mux",)
+    Each item is taken once, by whichever task asks first; iteration ends once
+    the mux has finished and the queue is empty.
+    """
 
-    def __init__(self, mux: Mux) -> None:
+    __slots__ = ("_lot", "_mux", "_queue")
+
+    def __init__(self, mux: Mux, queue: deque[_T], lot: trio.lowlevel.ParkingLot) -> None:
         self._mux = mux
+        self._queue = queue
+        self._lot = lot
 
-    def __aiter__(self) -> _EventFeed:
+    def __aiter__(self) -> _Feed[_T]:
         return self
 
-    async def __anext__(self) -> MuxEvent:
-        mux = self._mux
+    async def __anext__(self) -> _T:
+        queue = self._queue
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not mux._events:
-            if mux._finished:
+        while not queue:
+            if self._mux._finished:
                 raise StopAsyncIteration
-            await mux._event_lot.park()
-        event = mux._events.popleft()
+            await self._lot.park()
+        item = queue.popleft()
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return event
+        return item
 
 
 def _check_timeout(value: float | None, name: str) -> None:
