@@ -117,6 +117,13 @@ def _collect(pending: deque[TxGroup]) -> tuple[list[TxGroup], int, bytes]:
     return groups, size, data
 
 
+def _split_pinned(groups: Iterable[TxGroup]) -> tuple[list[TxGroup], list[TxGroup]]:
+    """``groups`` as (the policy's, those sent to their stream with ``send_to``)."""
+    groups = list(groups)
+    plain = [g for g in groups if not g.pinned]
+    return plain, ([g for g in groups if g.pinned] if len(plain) < len(groups) else [])
+
+
 def _lowest_free(used: set[int]) -> int:
     i = 0
     while i in used:
@@ -330,10 +337,7 @@ class Mux:
         self._psock_attach += 1
         self._nursery.start_soon(self._run_stream, handle)
         try:
-            handle._tx_candidate = True
-            self._tx_candidates += 1
-            self._tx_policy.stream_added(handle)
-            self._dispatch_waiting()
+            self._add_tx_candidate(handle)
         except BaseException as exc:
             self._crash(exc)
             raise
@@ -671,11 +675,9 @@ class Mux:
         target: AttachedStream | None = None,
     ) -> None:
         task = trio.lowlevel.current_task()
-        if target is None:
-            batch = sock._batches.get(task) if sock._batches else None
-            sock._tx_waiters[task] = _SendWaiter(messages, nbytes, batch)
-        else:
-            sock._tx_waiters[task] = _SendWaiter(messages, nbytes, None, target)
+        # send_to is not held by batch().
+        batch = sock._batches.get(task) if target is None and sock._batches else None
+        sock._tx_waiters[task] = _SendWaiter(messages, nbytes, batch, target)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             # Not accepted yet: withdrawing is leaving the line.
@@ -824,6 +826,30 @@ class Mux:
         owners[sock] = count + 1
         self._wake_writer(stream)
 
+    def _send_now(
+        self,
+        sock: KCMSocket,
+        messages: list[bytes],
+        nbytes: int,
+        target: AttachedStream | None = None,
+    ) -> bool:
+        """Accept a group now if the buffer allows (False: the sender must wait).
+
+        For the async send methods: what this queued on an idle TCP stream is
+        then written at once, from the sending task (:meth:`_write_eagerly`).
+        """
+        self._eager_ok = True
+        try:
+            if target is None:
+                accepted = self._try_send(sock, messages, nbytes)
+            else:
+                accepted = self._try_send_to(sock, target, messages, nbytes)
+        finally:
+            self._eager_ok = False
+        if self._eager:
+            self._write_eagerly()
+        return accepted
+
     def _wake_writer(self, stream: AttachedStream) -> None:
         lot = stream._writer_lot
         if lot:
@@ -836,7 +862,7 @@ class Mux:
     def _write_eagerly(self) -> None:
         """Write, from the sending task, what was just queued on idle streams.
 
-        Called by the send methods once a message is accepted.  A write that
+        Called by :meth:`_send_now` once it has queued messages.  A write that
         the kernel takes whole is done here and then; what it does not take is
         left to the stream's writer task, which finishes that write before any
         other (so the message stays whole).  An error is left to the writer
@@ -902,8 +928,7 @@ class Mux:
             groups = list(pending)
             pending.clear()
         else:
-            groups = [g for g in pending if not g.pinned]
-            keep = [g for g in pending if g.pinned] if len(groups) < len(pending) else []
+            groups, keep = _split_pinned(pending)
             pending.clear()
             pending.extend(keep)
         for group in groups:
@@ -919,6 +944,13 @@ class Mux:
             group.sock._tx_queue.appendleft(group)
             self._tx_waiting[group.sock] = None
             self._tx_retries += len(group.messages)
+        self._dispatch_waiting()
+
+    def _add_tx_candidate(self, stream: AttachedStream) -> None:
+        """The policy gets the stream (again); messages waiting for one go out."""
+        stream._tx_candidate = True
+        self._tx_candidates += 1
+        self._tx_policy.stream_added(stream)
         self._dispatch_waiting()
 
     def _remove_tx_candidate(self, stream: AttachedStream) -> None:
@@ -1034,11 +1066,8 @@ class Mux:
         if stream._state is not _ACTIVE or stream._unattaching:
             return
         try:
-            stream._tx_candidate = True
-            self._tx_candidates += 1
-            self._tx_policy.stream_added(stream)
             self._event(StreamResumed(stream, now - stalled_at, now))
-            self._dispatch_waiting()
+            self._add_tx_candidate(stream)
         except BaseException as exc:
             self._crash(exc)
             raise
@@ -1413,13 +1442,10 @@ class Mux:
         retry = self._take_pending(stream)
         # Groups sent to this stream with send_to go nowhere else: those not
         # started are unsent, those in flight are in doubt; neither is retried.
-        lost = [g for g in retry if g.pinned]
-        if lost:
-            retry = [g for g in retry if not g.pinned]
+        retry, lost = _split_pinned(retry)
         unsent = tuple(m for g in lost for m in g.messages)
-        if any(g.pinned for g in inflight):
-            lost += [g for g in inflight if g.pinned]
-            inflight = [g for g in inflight if not g.pinned]
+        inflight, lost_inflight = _split_pinned(inflight)
+        lost += lost_inflight
         if partial is None:
             partial = stream._assembler.take_partial()
         error = StreamError(

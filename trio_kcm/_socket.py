@@ -258,15 +258,8 @@ class KCMSocket:
         mux = self._mux
         message = mux._prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        mux._eager_ok = True
-        try:
-            accepted = mux._try_send(self, [message], len(message))
-        finally:
-            mux._eager_ok = False
-        if accepted:
+        if mux._send_now(self, [message], len(message)):
             if not self._in_batch():
-                if mux._eager:
-                    mux._write_eagerly()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await mux._wait_send(self, [message], len(message))
@@ -371,18 +364,8 @@ class KCMSocket:
         await trio.lowlevel.checkpoint_if_cancelled()
         if not batch and self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        mux = self._mux
-        accepted = False
-        if batch:
-            mux._eager_ok = True
-            try:
-                accepted = mux._try_send(self, batch, nbytes)
-            finally:
-                mux._eager_ok = False
-        if not batch or accepted:
+        if not batch or self._mux._send_now(self, batch, nbytes):
             if not self._in_batch():
-                if mux._eager:
-                    mux._write_eagerly()
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._mux._wait_send(self, batch, nbytes)
@@ -663,15 +646,7 @@ class KCMSocket:
         """
         message = self._mux._prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        mux = self._mux
-        mux._eager_ok = True
-        try:
-            accepted = mux._try_send_to(self, handle, [message], len(message))
-        finally:
-            mux._eager_ok = False
-        if accepted:
-            if mux._eager:
-                mux._write_eagerly()
+        if self._mux._send_now(self, [message], len(message), handle):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await self._mux._wait_send(self, [message], len(message), handle)
