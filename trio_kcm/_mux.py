@@ -41,7 +41,7 @@ import outcome
 import trio
 import trio_util
 
-from ._assembler import Assembler, AssemblyError
+from ._assembler import Assembler, AssemblyError, _Unpack
 from ._errors import BadMessage, StreamError
 from ._events import (
     MuxEvent,
@@ -175,6 +175,12 @@ class Mux:
         self._retry_in_doubt = retry_in_doubt
         self._close_timeout = close_timeout
         self._validate = validate
+        # The outgoing check of one LengthPrefixed message, for _prepare:
+        # (unpack_from, offset, adjust, smallest message), or None.
+        fixed = self._validator._fixed if validate else None
+        self._one_message: tuple[_Unpack, int, int, int] | None = (
+            None if fixed is None else (*fixed, self._validator._min)
+        )
         self._tx_stall_timeout = tx_stall_timeout
         self._nursery: trio.Nursery | None = None
         self._graceful = False  # closing after a normal exit: streams close gracefully
@@ -584,6 +590,15 @@ class Mux:
     # transmit: accepting
 
     def _prepare(self, message: bytes) -> bytes:
+        one = self._one_message
+        if one is not None and type(message) is bytes:
+            # The common case inline: one LengthPrefixed message, as bytes.
+            n = len(message)
+            if one[3] <= n <= self._max_message_size and one[0](message, one[1])[0] + one[2] == n:
+                return message
+        return self._prepare_any(message)
+
+    def _prepare_any(self, message: bytes) -> bytes:
         if type(message) is bytes:
             n = len(message)
         else:

@@ -258,9 +258,24 @@ class KCMSocket:
         mux = self._mux
         message = mux._prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
+        batch = self._batches.get(trio.lowlevel.current_task()) if self._batches else None
+        if batch is not None:
+            # Held by this task's batch: a cancel point, not a schedule point.
+            if not (self._closed or self._tx_waiters or self._tx_queued_bytes >= self._tx_limit):
+                # Mux._accept for one message, inline: this is the loop's body.
+                n = len(message)
+                self._tx_queued_bytes += n
+                self._tx_queued_msgs += 1
+                self._tx_msgs += 1
+                self._tx_bytes += n
+                mux._tx_outstanding += n
+                batch.messages.append(message)
+                batch.nbytes += n
+            elif not mux._send_now(self, [message], len(message)):
+                await mux._wait_send(self, [message], len(message))
+            return
         if mux._send_now(self, [message], len(message)):
-            if not self._in_batch():
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         await mux._wait_send(self, [message], len(message))
 
