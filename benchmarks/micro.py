@@ -16,8 +16,9 @@ over one loopback TCP connection, 64 B payloads by default:
   ``rx-receive``: a mux and ``receive_many(4096)`` / ``receive()``.  The
   counterpart writes ~64 KiB of frames per ``send_all``.
 - ``tx-raw``: one ``send_all`` per message; ``tx-many``: ``send_many`` of
-  ~64 KiB; ``tx-batch``: ``send`` inside ``batch()``; ``tx-send16``: 16 tasks
-  each calling ``send``.  The counterpart reads and discards the bytes.
+  ~64 KiB; ``tx-batch``: ``send`` inside ``batch()``; ``tx-send``: one task
+  calling ``send`` per message; ``tx-send16``: 16 tasks each calling
+  ``send``.  The counterpart reads and discards the bytes.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ async def _tx(case: str, count: int, size: int) -> float:
                         async with sock.batch():
                             for _ in range(per_write):
                                 await sock.send(message)
+                elif case == "tx-send":
+                    for _ in range(count):
+                        await sock.send(message)
                 elif case == "tx-send16":
 
                     async def sender() -> None:
@@ -150,6 +154,7 @@ CASES: dict[str, tuple[Callable[[str, int, int], Awaitable[float]], int]] = {
     "tx-raw": (_tx, 30_000),
     "tx-many": (_tx, 300_000),
     "tx-batch": (_tx, 100_000),
+    "tx-send": (_tx, 30_000),
     "tx-send16": (_tx, 50_000),
 }
 

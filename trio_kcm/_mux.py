@@ -204,6 +204,9 @@ class Mux:
         # noted only while a send method is accepting (_eager_ok).
         self._eager: list[AttachedStream] = []
         self._eager_ok = False
+        # Streams a sending task wrote to itself, until its next schedule
+        # point (_end_send): sends to them meanwhile go through the writer.
+        self._windows: list[AttachedStream] = []
         self._tx_progress: trio.Event | None = None
         # errors
         self._errors: deque[StreamError] = deque()
@@ -853,6 +856,7 @@ class Mux:
         For the async send methods: what this queued on an idle TCP stream is
         then written at once, from the sending task (:meth:`_write_eagerly`).
         """
+        accepted = False
         self._eager_ok = True
         try:
             if target is None:
@@ -861,27 +865,61 @@ class Mux:
                 accepted = self._try_send_to(sock, target, messages, nbytes)
         finally:
             self._eager_ok = False
-        if self._eager:
-            self._write_eagerly()
+            if self._eager:
+                self._write_eagerly()
+            if not accepted and self._windows:
+                # The sender will wait (or raise): a schedule point anyway.
+                self._close_windows()
         return accepted
+
+    async def _end_send(self) -> None:
+        """An accepted send's schedule point; then the windows it opened close.
+
+        A stream the sending task wrote to itself (:meth:`_write_eagerly`)
+        keeps a *window* open until then: sends to it from other tasks in the
+        meantime (the same run of the scheduler, typically) are queued and
+        wake its writer, which writes them all together, rather than each
+        making a write of its own.
+        """
+        opened = self._windows
+        if not opened:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        self._windows = []
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            for stream in opened:
+                stream._eager_window = False
+
+    def _close_windows(self) -> None:
+        """Close the windows of a send that has no schedule point (in ``batch()``)."""
+        opened = self._windows
+        self._windows = []
+        for stream in opened:
+            stream._eager_window = False
 
     def _wake_writer(self, stream: AttachedStream) -> None:
         lot = stream._writer_lot
         if lot:
-            # The writer was idle: wake it, and let the sending task try to
-            # write at once (_write_eagerly), saving the trip through it.
-            lot.unpark()
-            if self._eager_ok and stream._eager_send is not None:
+            if self._eager_ok and not stream._eager_window and stream._eager_send is not None:
+                # The writer is idle: the sending task writes at once
+                # (_write_eagerly), and wakes the writer only if it must.
                 self._eager.append(stream)
+            else:
+                lot.unpark()
 
     def _write_eagerly(self) -> None:
         """Write, from the sending task, what was just queued on idle streams.
 
-        Called by :meth:`_send_now` once it has queued messages.  A write that
-        the kernel takes whole is done here and then; what it does not take is
-        left to the stream's writer task, which finishes that write before any
-        other (so the message stays whole).  An error is left to the writer
-        too: it will meet it again and fail the stream as usual.
+        Called by :meth:`_send_now` right after it tried to accept, whatever
+        came of it: a stream noted here was not woken, so its writer is woken
+        now unless this writes all it has.  A write that the kernel takes whole
+        is done here and then, and opens a window (see :meth:`_end_send`);
+        what the kernel does not take is left to the stream's writer task,
+        which finishes that write before any other (so the message stays
+        whole).  An error is left to the writer too: it will meet it again and
+        fail the stream as usual.
         """
         eager = self._eager
         try:
@@ -895,6 +933,8 @@ class Mux:
                     or stream._unattaching
                     or stream._eager_send is None
                 ):
+                    if pending and stream._writer_lot:
+                        stream._writer_lot.unpark()
                     continue
                 groups, size, data = _collect(pending)
                 stream._inflight = groups
@@ -904,12 +944,17 @@ class Mux:
                     sent = 0
                 if sent == len(data):
                     stream._inflight = None
+                    stream._eager_window = True
+                    self._windows.append(stream)
                     self._written(stream, groups, size)
                 else:
                     stream._rest = (memoryview(data)[sent:], size)
                     if stream._writer_lot:
                         stream._writer_lot.unpark()
         except BaseException as exc:
+            for stream in eager:
+                if stream._writer_lot:
+                    stream._writer_lot.unpark()
             eager.clear()
             self._crash(exc)
             raise
@@ -1006,6 +1051,7 @@ class Mux:
                 if stream._unattaching:
                     return
                 await stream._writer_lot.park()
+                stream._eager_window = False
                 continue
             else:
                 groups, size, data = _collect(pending)

@@ -271,11 +271,13 @@ class KCMSocket:
                 mux._tx_outstanding += n
                 batch.messages.append(message)
                 batch.nbytes += n
-            elif not mux._send_now(self, [message], len(message)):
+            elif mux._send_now(self, [message], len(message)):
+                mux._close_windows()
+            else:
                 await mux._wait_send(self, [message], len(message))
             return
         if mux._send_now(self, [message], len(message)):
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await mux._end_send()
             return
         await mux._wait_send(self, [message], len(message))
 
@@ -380,8 +382,10 @@ class KCMSocket:
         if not batch and self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
         if not batch or self._mux._send_now(self, batch, nbytes):
-            if not self._in_batch():
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._in_batch():
+                self._mux._close_windows()
+            else:
+                await self._mux._end_send()
             return
         await self._mux._wait_send(self, batch, nbytes)
 
@@ -662,7 +666,7 @@ class KCMSocket:
         message = self._mux._prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._mux._send_now(self, [message], len(message), handle):
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._mux._end_send()
             return
         await self._mux._wait_send(self, [message], len(message), handle)
 

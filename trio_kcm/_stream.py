@@ -89,6 +89,7 @@ class AttachedStream:
         "_deadline",
         "_done",
         "_eager_send",
+        "_eager_window",
         "_error",
         "_held",
         "_index",
@@ -155,6 +156,9 @@ class AttachedStream:
         # it, and its size, for the writer to finish.
         self._rest: tuple[memoryview, int] | None = None
         self._eager_send = _eager_sender(stream)
+        # The sending task wrote to it itself and has not yet passed its
+        # schedule point (Mux._end_send).
+        self._eager_window = False
         self._owners: dict[KCMSocket, int] = {}
         self._writer_lot = trio.lowlevel.ParkingLot()
         # receive: complete messages waiting for a socket with room
