@@ -104,6 +104,7 @@ def test_the_microbenchmarks_run() -> None:
         "tx-raw",
         "tx-many",
         "tx-batch",
+        "tx-send",
         "tx-send16",
     }
     assert all(float(rate.replace(",", "")) > 0 for rate in rows.values())

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import PolicyLoadError
 
@@ -70,6 +70,15 @@ class Policy:
 
     #: The name it is registered under (set by :func:`load_policy`).
     name: str = ""
+
+    #: ``True`` promises that :meth:`pick_socket`, for the messages of one
+    #: read of a stream, returns the socket it returned for the first one for
+    #: as long as that socket stays a candidate, with no other effect (as
+    #: ``batch-affinity`` does).  The mux then asks once per *run*: for the
+    #: first message of a read, and again for the first message after the
+    #: socket filled up; it delivers the messages in between without a call
+    #: each.  ``False`` (the default): asked once per message.
+    batch_affine: ClassVar[bool] = False
 
     # -- receive side -------------------------------------------------------
 

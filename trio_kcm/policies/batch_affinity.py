@@ -34,6 +34,9 @@ class BatchAffinity(Policy):
     bursts are never done, does not draw every socket onto it in turn.
     """
 
+    # pick_socket answers for the first message of a read for all the rest.
+    batch_affine = True
+
     def __init__(self) -> None:
         self._sockets: Rotation[KCMSocket] = Rotation()
         # Membership without a method call: pick_socket runs once per message.
