@@ -31,6 +31,7 @@ import errno as _errno
 import itertools
 import logging
 import math
+import operator
 import sys
 import weakref
 from collections import OrderedDict, deque
@@ -64,6 +65,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 __all__ = ["Mux", "open_mux"]
 
+_first = operator.itemgetter(0)
 logger = logging.getLogger("trio_kcm")
 logger.addHandler(logging.NullHandler())
 
@@ -1298,8 +1300,12 @@ class Mux:
             message = queue.popleft()[0]
             out = [message]
             nbytes = len(message)
+        elif max_messages >= len(queue):
+            out = list(map(_first, queue))  # all of it, in C
+            queue.clear()
+            nbytes = sum(map(len, out))
         else:
-            out = [queue.popleft()[0] for _ in range(min(max_messages, len(queue)))]
+            out = [queue.popleft()[0] for _ in range(max_messages)]
             nbytes = sum(map(len, out))
         sock._rx_queued_bytes -= nbytes
         sock._rx_msgs += len(out)
