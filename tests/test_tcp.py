@@ -604,73 +604,78 @@ class _WriterSteps(trio.abc.Instrument):
             self.steps += 1
 
 
-async def test_the_sending_task_writes_to_an_idle_tcp_stream_without_waking_its_writer() -> None:
+class _Writes:
+    """Counts a TCP stream's writes: by its writer task, and by sending tasks.
+
+    The writer writes through the trio socket's ``send``; a sending task
+    through the handle's ``_eager_send`` (call :meth:`watch` after attaching).
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.by_writer = 0
+        self.by_sender = 0
+        sock_send = stream.socket.send
+
+        async def counted(data: bytes | memoryview) -> int:
+            self.by_writer += 1
+            return await sock_send(data)
+
+        stream.socket.send = counted  # type: ignore[method-assign,assignment]
+
+    def watch(self, handle: trio_kcm.AttachedStream) -> None:
+        eager = handle._eager_send
+        assert eager is not None
+
+        def counted(data: bytes) -> int:
+            self.by_sender += 1
+            return eager(data)
+
+        handle._eager_send = counted
+
+
+@asynccontextmanager
+async def _counted_tcp_mux() -> AsyncIterator[
+    tuple[trio_kcm.KCMSocket, trio_kcm.AttachedStream, _Writes, trio.SocketStream]
+]:
+    """A mux with one idle loopback TCP stream whose writes are counted."""
     async with loopback() as lb:
         client, server = await lb.pair()
-        writer_sends = 0
-        real_send = client.socket.send
-
-        async def counting_send(data: bytes | memoryview) -> int:
-            nonlocal writer_sends
-            writer_sends += 1
-            return await real_send(data)
-
-        client.socket.send = counting_send  # type: ignore[method-assign]
+        writes = _Writes(client)
         async with trio_kcm.open_mux(parser=P) as mux:
             handle = mux.attach(client)
+            writes.watch(handle)
             sock = mux.socket()
             await trio.testing.wait_all_tasks_blocked()
-            steps = _WriterSteps()
-            trio.lowlevel.add_instrument(steps)
-            try:
-                for i in range(10):
-                    await sock.send(frame(b"m%d" % i))
-                    # Written by the time send() returns: by the sending task.
-                    assert handle.statistics().tx_msgs == i + 1
-                    await trio.testing.wait_all_tasks_blocked()
-            finally:
-                trio.lowlevel.remove_instrument(steps)
-            assert steps.steps == 0
-            assert writer_sends == 0
-            assert await PeerReader(server).read_frames(10) == [
-                frame(b"m%d" % i) for i in range(10)
-            ]
+            yield sock, handle, writes, server
+
+
+async def test_the_sending_task_writes_to_an_idle_tcp_stream_without_waking_its_writer() -> None:
+    async with _counted_tcp_mux() as (sock, handle, writes, server):
+        steps = _WriterSteps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for i in range(10):
+                await sock.send(frame(b"m%d" % i))
+                # Written by the time send() returns: by the sending task.
+                assert handle.statistics().tx_msgs == i + 1
+                await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert steps.steps == 0
+        assert (writes.by_sender, writes.by_writer) == (10, 0)
+        assert await PeerReader(server).read_frames(10) == [frame(b"m%d" % i) for i in range(10)]
 
 
 async def test_sends_from_many_tasks_in_one_tick_share_one_write() -> None:
     # The first sender writes its message itself; the 15 sends that follow
     # before it reaches its schedule point are queued for the writer, which
     # writes them together (not one write each).
-    async with loopback() as lb:
-        client, server = await lb.pair()
-        writer_sends = 0
-        real_send = client.socket.send
-
-        async def counting_send(data: bytes | memoryview) -> int:
-            nonlocal writer_sends
-            writer_sends += 1
-            return await real_send(data)
-
-        client.socket.send = counting_send  # type: ignore[method-assign]
-        async with trio_kcm.open_mux(parser=P) as mux:
-            handle = mux.attach(client)
-            sock = mux.socket()
-            eager_sends = 0
-            real_eager = handle._eager_send
-            assert real_eager is not None
-
-            def counting_eager(data: bytes) -> int:
-                nonlocal eager_sends
-                eager_sends += 1
-                return real_eager(data)
-
-            handle._eager_send = counting_eager
-            await trio.testing.wait_all_tasks_blocked()
-            async with trio.open_nursery() as nursery:
-                for i in range(16):
-                    nursery.start_soon(sock.send, frame(b"task%d" % i))
-            await trio.testing.wait_all_tasks_blocked()
-            assert (eager_sends, writer_sends) == (1, 1)
-            assert handle.statistics().tx_msgs == 16
-            got = await PeerReader(server).read_frames(16)
-            assert sorted(got) == sorted(frame(b"task%d" % i) for i in range(16))
+    async with _counted_tcp_mux() as (sock, handle, writes, server):
+        async with trio.open_nursery() as nursery:
+            for i in range(16):
+                nursery.start_soon(sock.send, frame(b"task%d" % i))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (writes.by_sender, writes.by_writer) == (1, 1)
+        assert handle.statistics().tx_msgs == 16
+        got = await PeerReader(server).read_frames(16)
+        assert sorted(got) == sorted(frame(b"task%d" % i) for i in range(16))
