@@ -149,6 +149,7 @@ class Assembler:
         out: list[bytes] = []
         if not data:
             return out
+        start = 0
         if self._need:
             room = self._need - self._have
             if len(data) < room:
@@ -164,12 +165,13 @@ class Assembler:
             self.bytes += len(message)
             if len(data) == room:
                 return out
-            data = data[room:]
+            start = room  # the rest of data: split in place, not copied out
         if self._head:
+            # (Never after a body: a message whose length is known leaves no head.)
             self._head += data
             self._split(self._head, out)
         else:
-            self._split(data, out)
+            self._split(data, out, start)
         return out
 
     def _add_to_body(self, data: bytes | bytearray) -> None:
@@ -208,8 +210,8 @@ class Assembler:
                 return pos == n
         return False
 
-    def _split_fixed(self, buf: bytes | bytearray, out: list[bytes]) -> int:
-        """Take the whole, valid messages at the start of ``buf``; return where they end.
+    def _split_fixed(self, buf: bytes | bytearray, out: list[bytes], start: int) -> int:
+        """Take the whole, valid messages of ``buf`` from ``start``; return where they end.
 
         The fast path for :class:`LengthPrefixed`: anything unusual (an
         incomplete header or body, an impossible length) is left to the general
@@ -220,7 +222,7 @@ class Assembler:
         n = len(buf)
         lowest = self._min
         highest = self._max
-        pos = 0
+        pos = start
         append = out.append
         if type(buf) is bytes:
             while n - pos >= lowest:
@@ -244,17 +246,18 @@ class Assembler:
                 view.release()
         return pos
 
-    def _split(self, buf: bytes | bytearray, out: list[bytes]) -> None:
+    def _split(self, buf: bytes | bytearray, out: list[bytes], start: int = 0) -> None:
+        """Take the messages of ``buf`` from ``start``; keep what is left for later."""
         parse = self._parse
         resume = self._resume
         n = len(buf)
-        pos = 0
+        pos = start
         if self._fixed is not None and not self._watermark:
             first = len(out)
-            pos = self._split_fixed(buf, out)
-            if pos:
+            pos = self._split_fixed(buf, out, start)
+            if pos > start:
                 self.msgs += len(out) - first
-                self.bytes += pos
+                self.bytes += pos - start
         view = memoryview(buf)
         is_bytes = type(buf) is bytes
         try:
