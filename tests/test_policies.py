@@ -1311,3 +1311,42 @@ async def test_any_exception_from_a_policy_comes_out_of_open_mux(
                     with pytest.raises(expected):
                         sock.disable_receive()
                 await trio.testing.wait_all_tasks_blocked()
+
+
+class _TimedRoundRobin(RoundRobin):
+    """round-robin that records what written() is told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def written(
+        self,
+        stream: trio_kcm.AttachedStream,
+        sock: trio_kcm.KCMSocket,
+        nbytes: int,
+        seconds: float,
+        /,
+    ) -> None:
+        self.seconds.append(seconds)
+
+
+async def test_written_is_told_how_long_a_group_took_from_its_pick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A policy that overrides written() gets each group's time from pick to
+    # written (the mux times groups only for such a policy).
+    policy = _TimedRoundRobin()
+    ours, peer = trio.testing.lockstep_stream_pair()
+    async with trio_kcm.open_mux(parser=P, policy=policy) as mux:
+        mux.attach(ours)
+        sock = mux.socket()
+        await sock.send(frame(b"slow"))  # the peer reads 5 s later
+        await trio.sleep(5)
+        assert await PeerReader(peer).read_frames(1) == [frame(b"slow")]
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(PeerReader(peer).read_frames, 1)
+            await sock.send(frame(b"fast"))  # the peer is reading
+        await trio.testing.wait_all_tasks_blocked()
+    assert policy.seconds == [pytest.approx(5.0), pytest.approx(0.0)]

@@ -169,6 +169,8 @@ class Mux:
         self._validator = Assembler(parser, max_message_size)
         self._rx_policy = rx_policy
         self._tx_policy = tx_policy
+        # Only a policy that overrides written() needs each group timed.
+        self._tx_timed = getattr(type(tx_policy), "written", None) is not Policy.written
         self._socket_type = socket_type
         self._max_message_size = max_message_size
         self._assembly_timeout = assembly_timeout
@@ -835,7 +837,8 @@ class Mux:
             raise RuntimeError(
                 f"policy {self._tx_policy!r} picked {stream!r}, which is not a transmit candidate"
             )
-        group.picked_at = trio.current_time()
+        if self._tx_timed:
+            group.picked_at = trio.current_time()
         stream._tx_pending.append(group)
         stream._tx_queued_bytes += group.nbytes
         stream._tx_queued_msgs += len(group.messages)
@@ -1143,7 +1146,8 @@ class Mux:
         return any(s._stalled_at is not None and s._inflight for s in self._streams)
 
     def _written(self, stream: AttachedStream, groups: list[TxGroup], size: int) -> None:
-        now = trio.current_time()
+        timed = self._tx_timed
+        now = trio.current_time() if timed else 0.0
         nmsgs = 0
         policy = self._tx_policy
         owners = stream._owners
@@ -1160,7 +1164,8 @@ class Mux:
             sock._tx_queued_msgs -= n
             # The policy hears nothing more of a removed stream, nor of send_to.
             if candidate and not group.pinned:
-                policy.written(stream, sock, group.nbytes, now - group.picked_at)
+                if timed:
+                    policy.written(stream, sock, group.nbytes, now - group.picked_at)
                 count = owners[sock] - 1
                 if count:
                     owners[sock] = count
