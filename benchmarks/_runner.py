@@ -24,6 +24,7 @@ from . import _machine, _report
 from ._spec import Spec
 from ._suite import (
     CALIBRATE,
+    KCM_BATCH,
     KCM_SEND,
     KCM_SEND_16_4,
     KCM_SEND_MANY,
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if profile:
         profile_dir = args.json.parent / "profiles"
         profile_dir.mkdir(parents=True, exist_ok=True)
-        for config in (KCM_SEND_MANY, KCM_SEND, KCM_SEND_16_4):
+        for config in (KCM_SEND_MANY, KCM_BATCH, KCM_SEND, KCM_SEND_16_4):
             payload = 64
             count = counts.get((rate_class(config), payload)) or (
                 QUICK_COUNT if quick else calibrate(config, payload, args.seconds)
