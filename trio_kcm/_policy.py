@@ -66,18 +66,20 @@ class Policy:
 
     One object decides both directions when given as ``policy=``; given as
     ``rx_policy=`` or ``tx_policy=`` only that side's methods are called.
+
+    Attributes:
+      name: The name it is registered under (set by :func:`load_policy`).
+      batch_affine: ``True`` promises that :meth:`pick_socket`, for the
+        messages of one read of a stream, returns the socket it returned for
+        the first one for as long as that socket stays a candidate, with no
+        other effect (as ``batch-affinity`` does).  The mux then asks once per
+        *run*: for the first message of a read, and again for the first
+        message after the socket filled up; it delivers the messages in
+        between without a call each.  ``False`` (the default): asked once per
+        message.
     """
 
-    #: The name it is registered under (set by :func:`load_policy`).
     name: str = ""
-
-    #: ``True`` promises that :meth:`pick_socket`, for the messages of one
-    #: read of a stream, returns the socket it returned for the first one for
-    #: as long as that socket stays a candidate, with no other effect (as
-    #: ``batch-affinity`` does).  The mux then asks once per *run*: for the
-    #: first message of a read, and again for the first message after the
-    #: socket filled up; it delivers the messages in between without a call
-    #: each.  ``False`` (the default): asked once per message.
     batch_affine: ClassVar[bool] = False
 
     # -- receive side -------------------------------------------------------
