@@ -51,6 +51,11 @@ def _not_seqpacket(what: str) -> OSError:
     )
 
 
+def _check_max_messages(max_messages: int) -> None:
+    if max_messages < 1:
+        raise ValueError("max_messages must be >= 1")
+
+
 class _Batch:
     __slots__ = ("messages", "nbytes")
 
@@ -436,11 +441,7 @@ class KCMSocket:
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
-        if self._closed:
-            raise trio.ClosedResourceError("the KCM socket is closed")
-        if not self._rx_queue:
-            raise trio.WouldBlock
-        return self._mux._take(self, 1)[0]
+        return self._receive_nowait(1, self._mux._take)[0]
 
     async def receive(self) -> bytes:
         """Wait for and return one whole message (header included).
@@ -457,13 +458,8 @@ class KCMSocket:
 
     def receive_many_nowait(self, max_messages: int) -> list[bytes]:
         """Take up to ``max_messages`` queued messages, or raise :exc:`trio.WouldBlock`."""
-        if max_messages < 1:
-            raise ValueError("max_messages must be >= 1")
-        if self._closed:
-            raise trio.ClosedResourceError("the KCM socket is closed")
-        if not self._rx_queue:
-            raise trio.WouldBlock
-        return self._mux._take(self, max_messages)
+        _check_max_messages(max_messages)
+        return self._receive_nowait(max_messages, self._mux._take)
 
     async def receive_many(self, max_messages: int) -> list[bytes]:
         """Wait for messages; return all that are queued, up to ``max_messages``.
@@ -476,9 +472,15 @@ class KCMSocket:
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
-        if max_messages < 1:
-            raise ValueError("max_messages must be >= 1")
+        _check_max_messages(max_messages)
         return await self._receive(max_messages, self._mux._take)
+
+    def _receive_nowait(self, max_messages: int, take: Callable[[KCMSocket, int], T]) -> T:
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if not self._rx_queue:
+            raise trio.WouldBlock
+        return take(self, max_messages)
 
     async def _receive(self, max_messages: int, take: Callable[[KCMSocket, int], T]) -> T:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -578,11 +580,7 @@ class KCMSocket:
 
     def receive_from_nowait(self) -> tuple[bytes, AttachedStream]:
         """:meth:`receive_from`, or raise :exc:`trio.WouldBlock` if nothing is queued."""
-        if self._closed:
-            raise trio.ClosedResourceError("the KCM socket is closed")
-        if not self._rx_queue:
-            raise trio.WouldBlock
-        return self._mux._take_from(self, 1)[0]
+        return self._receive_nowait(1, self._mux._take_from)[0]
 
     async def receive_from(self) -> tuple[bytes, AttachedStream]:
         """Wait for one whole message; return it and the stream it came on.
@@ -602,13 +600,8 @@ class KCMSocket:
 
     def receive_many_from_nowait(self, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
         """:meth:`receive_many_from`, or raise :exc:`trio.WouldBlock` if nothing is queued."""
-        if max_messages < 1:
-            raise ValueError("max_messages must be >= 1")
-        if self._closed:
-            raise trio.ClosedResourceError("the KCM socket is closed")
-        if not self._rx_queue:
-            raise trio.WouldBlock
-        return self._mux._take_from(self, max_messages)
+        _check_max_messages(max_messages)
+        return self._receive_nowait(max_messages, self._mux._take_from)
 
     async def receive_many_from(self, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
         """:meth:`receive_many`, each message with the stream it came on.
@@ -622,8 +615,7 @@ class KCMSocket:
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
-        if max_messages < 1:
-            raise ValueError("max_messages must be >= 1")
+        _check_max_messages(max_messages)
         return await self._receive(max_messages, self._mux._take_from)
 
     def send_to_nowait(self, message: bytes, handle: AttachedStream) -> None:
