@@ -709,15 +709,18 @@ class Mux:
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
-    def _accept(
-        self, sock: KCMSocket, messages: list[bytes], nbytes: int, batch: _Batch | None
-    ) -> None:
-        n = len(messages)
+    def _count_accepted(self, sock: KCMSocket, n: int, nbytes: int) -> None:
+        """``n`` messages of ``nbytes`` in all enter ``sock``'s send buffer."""
         sock._tx_queued_bytes += nbytes
         sock._tx_queued_msgs += n
         sock._tx_msgs += n
         sock._tx_bytes += nbytes
         self._tx_outstanding += nbytes
+
+    def _accept(
+        self, sock: KCMSocket, messages: list[bytes], nbytes: int, batch: _Batch | None
+    ) -> None:
+        self._count_accepted(sock, len(messages), nbytes)
         if batch is not None:
             batch.messages.extend(messages)
             batch.nbytes += nbytes
@@ -785,14 +788,9 @@ class Mux:
         ``released``); its bytes count in ``handle.tx_queued_bytes``.
         """
         n = len(messages)
-        sock._tx_queued_bytes += nbytes
-        sock._tx_queued_msgs += n
-        sock._tx_msgs += n
-        sock._tx_bytes += nbytes
-        self._tx_outstanding += nbytes
-        group = PinnedTxGroup(sock, messages, nbytes)
-        group.picked_at = trio.current_time()
-        handle._tx_pending.append(group)
+        self._count_accepted(sock, n, nbytes)
+        # Not timed: the policy never hears of it (picked_at is for written()).
+        handle._tx_pending.append(PinnedTxGroup(sock, messages, nbytes))
         handle._tx_queued_bytes += nbytes
         handle._tx_queued_msgs += n
         self._wake_writer(handle)

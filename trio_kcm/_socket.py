@@ -267,13 +267,10 @@ class KCMSocket:
         if batch is not None:
             # Held by this task's batch: a cancel point, not a schedule point.
             if not (self._closed or self._tx_waiters or self._tx_queued_bytes >= self._tx_limit):
-                # Mux._accept for one message, inline: this is the loop's body.
+                # Mux._accept for one message, without its list and calls:
+                # this is the body of the batch's loop.
                 n = len(message)
-                self._tx_queued_bytes += n
-                self._tx_queued_msgs += 1
-                self._tx_msgs += 1
-                self._tx_bytes += n
-                mux._tx_outstanding += n
+                mux._count_accepted(self, 1, n)
                 batch.messages.append(message)
                 batch.nbytes += n
             elif mux._send_now(self, [message], len(message)):
