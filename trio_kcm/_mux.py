@@ -631,14 +631,13 @@ class Mux:
     def _prepare_many(self, messages: Iterable[bytes]) -> tuple[list[bytes], int]:
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes an iterable of messages, not one message")
-        fixed = self._validator._fixed if self._validate else None
-        if fixed is None:
+        one = self._one_message
+        if one is None:
             prepared = [self._prepare(m) for m in messages]
             return prepared, sum(map(len, prepared))
         # The common case inline (LengthPrefixed, bytes, one message each);
         # anything else goes through _prepare, which checks and explains.
-        unpack_from, offset, adjust = fixed
-        lowest = self._validator._min
+        unpack_from, offset, adjust, lowest = one
         highest = self._max_message_size
         prepare = self._prepare
         prepared = []
