@@ -120,6 +120,12 @@ def _collect(pending: deque[TxGroup]) -> tuple[list[TxGroup], int, bytes]:
     return groups, size, data
 
 
+def _shut_windows(streams: list[AttachedStream]) -> None:
+    """The sending task passed its schedule point: its windows close (Mux._end_send)."""
+    for stream in streams:
+        stream._eager_window = False
+
+
 def _split_pinned(groups: Iterable[TxGroup]) -> tuple[list[TxGroup], list[TxGroup]]:
     """``groups`` as (the policy's, those sent to their stream with ``send_to``)."""
     groups = list(groups)
@@ -884,23 +890,19 @@ class Mux:
         wake its writer, which writes them all together, rather than each
         making a write of its own.
         """
-        opened = self._windows
-        if not opened:
+        if not self._windows:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        self._windows = []
+        opened, self._windows = self._windows, []
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
-            for stream in opened:
-                stream._eager_window = False
+            _shut_windows(opened)
 
     def _close_windows(self) -> None:
         """Close the windows of a send that has no schedule point (in ``batch()``)."""
-        opened = self._windows
-        self._windows = []
-        for stream in opened:
-            stream._eager_window = False
+        opened, self._windows = self._windows, []
+        _shut_windows(opened)
 
     def _wake_writer(self, stream: AttachedStream) -> None:
         lot = stream._writer_lot
