@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ html_title = f"trio-kcm {release}"
 # as Trio does), so autodoc looks for their attributes' ``#:`` comments and
 # docstrings in trio_kcm/__init__.py and finds none.  This finds them in the
 # private module that defines the class.
+@functools.cache
 def _defining_module(cls: type) -> str | None:
     import importlib
     import pkgutil
