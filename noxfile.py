@@ -44,7 +44,7 @@ _add_pyenv_to_path()
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite on each supported Python (an absent one is skipped)."""
-    session.install("-e", ".[test]", "./policies")
+    session.install("-e", ".[test]", "-e", "./policies")
     session.run("pytest", *session.posargs)
 
 
@@ -63,7 +63,7 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the packages (trio_kcm and the policies distribution)."""
     # exceptiongroup: mypy checks the Python 3.10 branch, which imports it.
     session.install(
-        "-e", ".[cli,plot,prometheus]", "./policies", "mypy>=1.10", "exceptiongroup>=1.2"
+        "-e", ".[cli,plot,prometheus]", "-e", "./policies", "mypy>=1.10", "exceptiongroup>=1.2"
     )
     session.run("mypy", "--strict", "trio_kcm", "policies/trio_kcm_policies")
 
