@@ -31,14 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="trio-kcm: whole messages over many byte streams, on Trio.",
     )
     parser.add_argument("--version", action="version", version=f"trio-kcm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", title="commands", required=False
+    )
     for module in COMMANDS.values():
         importlib.import_module(module, __name__).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``trio-kcm`` command; return its exit status."""
+    """Run the ``trio-kcm`` command; return its exit status.
+
+    With no command, print the usage (the commands, a line on each) and
+    return 0.
+    """
     try:
         import rich  # noqa: F401
     except ImportError:
@@ -49,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        # No command: say what there is to run, like ``pip`` or ``nox`` do.
+        parser.print_help()
+        return 0
     module = importlib.import_module(COMMANDS[args.command], __name__)
     status: int = module.run(args)
     return status
