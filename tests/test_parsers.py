@@ -6,6 +6,7 @@ test.
 
 from __future__ import annotations
 
+import errno
 import struct
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 import trio_kcm
 from trio_kcm import BadMessage, Delimited, LengthPrefixed
+from trio_kcm._assembler import Assembler, AssemblyError
 from trio_kcm._parsers import Parser, as_parser
 
 
@@ -348,3 +350,33 @@ def test_as_parser_callable_propagates_bad_message() -> None:
 def test_as_parser_rejects_non_parsers(thing: object) -> None:
     with pytest.raises(TypeError):
         as_parser(thing)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("chunks", [[b"\x00"], [b"\x00", b""], [b"\x00\x00\x00"]])
+def test_a_plain_callables_header_size_is_honoured(chunks: list[bytes]) -> None:
+    """A callable with ``header_size`` means what a parser object with it means.
+
+    The parser answers a length of 2 for any header; with ``header_size = 4``
+    that is impossible (EPROTO) whether the first read brought one byte or
+    three, as it is for an object parser (before, the callable's attribute was
+    ignored, so a short first read merely waited for more: the outcome hung on
+    how reads were chunked).
+    """
+
+    def two(data: memoryview) -> int:
+        return 2
+
+    two.header_size = 4  # type: ignore[attr-defined]
+
+    class Two:
+        header_size = 4
+
+        def message_length(self, data: memoryview) -> int:
+            return 2
+
+    for parser in (two, Two()):
+        assembler = Assembler(as_parser(parser), 1024)
+        with pytest.raises(AssemblyError) as info:
+            for chunk in chunks:
+                assembler.feed(chunk)
+        assert info.value.errno == errno.EPROTO, parser

@@ -60,11 +60,16 @@ ParserLike = Parser | Callable[[memoryview], int]
 
 
 class _CallableParser:
-    __slots__ = ("_func", "message_length")
+    __slots__ = ("_func", "header_size", "message_length")
 
     def __init__(self, func: Callable[[memoryview], int]) -> None:
         self._func = func
         self.message_length = func
+        # A plain callable may carry ``header_size`` as a parser object does
+        # (a function attribute, or a callable object's): it means the same.
+        header_size = getattr(func, "header_size", None)
+        if header_size is not None:
+            self.header_size = header_size
 
     def __repr__(self) -> str:
         return f"<parser {self._func!r}>"
