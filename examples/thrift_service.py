@@ -13,22 +13,29 @@ take whole requests, decode them with thriftpy2's ``TBinaryProtocol`` over a
 Why one mux per client connection.  A Thrift client reads the reply to a call
 on the connection it sent the call on.  The kernel's KCM cannot tell which
 connection a message came from: it only has "connected mode", where every
-attached connection leads to the same peer and any of them may carry any
-message (kcm-reference.md, section 6, item 1), and this version of trio-kcm
-has the same limit (``receive_from`` / ``send_to`` are planned).  With all
-clients' connections on one mux, a reply would go out on whichever connection
-the transmit policy picks -- to the wrong client.  So each connection gets its
-own mux with a pool of W worker sockets on it, and every reply goes back on
-the only stream attached: the right one.  Per connection the KCM guarantees
-still do the work: each worker gets whole requests, and the replies of W
-workers writing at the same time never interleave on the wire.
+attached connection leads to the same destination and any of them may carry
+any message (the kernel's ``Documentation/networking/kcm.rst``, sections
+"Connected mode semantics" and "TCP connection monitoring").  With all
+clients' connections on one mux and plain ``send``, a reply would go out on
+whichever connection the transmit policy picks -- to the wrong client.
+trio-kcm can do better: ``receive_from()`` returns a request with the handle
+of the stream it came on, and ``send_to(reply, handle)`` answers on that
+stream, so one mux can serve every client (``pinned_replies.py`` beside this
+file does so).  This example keeps one mux per connection all the same,
+because that is the shape ``trio.serve_tcp`` gives a server, one handler per
+connection: each connection gets its own mux with a pool of W worker sockets
+on it, the mux opens and closes with its handler, and the workers use plain
+``send`` and ``async for``, as they would over the kernel's KCM.  Every reply
+goes back on the only stream attached: the right one.  Per connection the KCM
+guarantees still do the work: each worker gets whole requests, and the
+replies of W workers writing at the same time never interleave on the wire.
 
 The blocking thriftpy2 client keeps one call outstanding, so the W workers of
 a connection take turns and the parallelism is across connections; a
 pipelining client (Thrift matches replies to calls by ``seqid``, so replies
-may come back in any order) would keep them all busy.  Once the mux can
-answer on the stream a request came from, one mux and one worker pool will
-serve every connection.
+may come back in any order) would keep them all busy.  One mux for every
+connection, with ``receive_from`` and ``send_to``, would instead share one
+worker pool among all of them.
 
 The clients are blocking, so each runs in a thread (``trio.to_thread``), all
 at once, and checks every answer.  Run: ``python examples/thrift_service.py

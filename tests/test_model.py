@@ -10,7 +10,7 @@ batch() in tasks, of unique messages, on sockets with tiny buffers too; receive
 now or in a task; cancel a waiting sender; let everything settle).  The test
 runs it inside one mux (every policy, with and without ``retry_in_doubt``, with
 and without ``auto_close``), drains everything at the end, and checks the
-promises of SPEC.md section 3 end to end:
+promises stated in ``docs/guarantees.md`` end to end:
 
 1. receive: every whole frame a peer wrote before anything went wrong on its
    stream reaches exactly one socket, once; what came after is accounted for
