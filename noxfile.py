@@ -88,11 +88,11 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def soak(session: nox.Session) -> None:
-    """The chaos soak (python -m tests.chaos): loopback TCP while a fault injector kills streams.
+    """The chaos soak (python -m soak): loopback TCP while a fault injector kills streams.
 
     Arguments go to the runner: ``nox -s soak -- --duration 600 --seed 11``
     (default 60 s); ``-- --help`` lists the options.  Exits non-zero if an
     invariant broke.
     """
     session.install("-e", ".[test]")
-    session.run("python", "-m", "tests.chaos", *session.posargs)
+    session.run("python", "-m", "soak", *session.posargs)

@@ -1,10 +1,11 @@
 """The chaos soak's CI variant: a few seconds per configuration.
 
-Each run is :func:`tests.chaos.run_soak` over real loopback TCP: streams closed,
-reset, cut mid-message and stalled at random while senders and receivers keep
-going; its invariants are listed in ``tests/chaos.py``.  Between them the runs
-cover ``retry_in_doubt`` True and False, ``auto_close`` True and False, and the
-three built-in policies.  Long runs: ``nox -s soak -- --duration 600``.
+Each run is :func:`soak.chaos.run_soak` (the soak program, ``python -m soak``)
+over real loopback TCP: streams closed, reset, cut mid-message and stalled at
+random while senders and receivers keep going; its invariants are listed in
+``soak/chaos.py``.  Between them the runs cover ``retry_in_doubt`` True and
+False, ``auto_close`` True and False, and the three built-in policies.  Long
+runs: ``nox -s soak -- --duration 600``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 
 import pytest
 
-from .chaos import FAULT_KINDS, run_soak
+from soak.chaos import FAULT_KINDS, run_soak
 
 #: Seconds of traffic and faults per run (the drain at the end adds about one).
 DURATION = 7.0

@@ -1,6 +1,6 @@
 """Chaos soak: a mux over real loopback TCP while a fault injector kills its streams.
 
-Run it with ``python -m tests.chaos --duration 600 --seed 1`` (or
+Run it with ``python -m soak --duration 600 --seed 1`` (or
 ``nox -s soak -- --duration 600``); ``tests/test_chaos.py`` runs it for a few
 seconds in CI.  It prints its figures and exits non-zero if an invariant broke.
 
@@ -9,8 +9,9 @@ The set-up
 
 * A **peer**: an in-process TCP server (:func:`trio.serve_listeners` on a
   loopback listener).  For each connection it reads whole frames with the
-  reference deframer of ``conftest.py`` and verifies every one (length, kind,
-  CRC32), and it sends checksummed frames of its own at random moments.
+  reference deframer below (plain ``struct``, never the code under test, like
+  the tests' ``conftest.py``) and verifies every one (length, kind, CRC32), and
+  it sends checksummed frames of its own at random moments.
 * A **mux** with M streams, each a fresh :func:`trio.open_tcp_stream` to the
   peer, and N KCM sockets.  Senders send unique messages with ``send``,
   ``send_many`` and ``batch()``; one worker per socket receives with
@@ -99,8 +100,6 @@ import trio
 
 import trio_kcm
 
-from .conftest import frame, unframe_all
-
 HOST = "127.0.0.1"
 #: SO_LINGER (on, 0 seconds): close() sends a RST instead of a FIN.
 LINGER_RESET = struct.pack("ii", 1, 0)
@@ -114,6 +113,29 @@ _MIN = 4 + _HEAD.size + _CRC.size
 MAX_VIOLATIONS = 60
 #: How long the end of a run may take to drain before that is a violation.
 QUIET_TIMEOUT = 20.0
+
+
+#: The frame format: a 4-byte big-endian payload length, then the payload
+#: (LengthPrefixed(">I", adjust=4), as in the tests).
+HEADER = struct.Struct(">I")
+
+
+def frame(payload: bytes) -> bytes:
+    """Reference framer: header + payload."""
+    return HEADER.pack(len(payload)) + payload
+
+
+def unframe_all(data: bytes) -> tuple[list[bytes], bytes]:
+    """Reference deframer: split ``data`` into whole frames and the rest."""
+    frames = []
+    pos = 0
+    while len(data) - pos >= 4:
+        (n,) = HEADER.unpack_from(data, pos)
+        if len(data) - pos - 4 < n:
+            break
+        frames.append(bytes(data[pos : pos + 4 + n]))
+        pos += 4 + n
+    return frames, bytes(data[pos:])
 
 
 def make_message(kind: bytes, origin: int, number: int, body: bytes) -> bytes:
@@ -1018,9 +1040,7 @@ async def run_soak(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.chaos", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--streams", type=int, default=4, help="M attached streams")
