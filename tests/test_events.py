@@ -18,8 +18,8 @@ P = trio_kcm.LengthPrefixed(">I", adjust=4)
 
 def take_all(mux: trio_kcm.Mux) -> list[trio_kcm.MuxEvent]:
     """The events waiting now (the mux's queue; no await needed to inspect)."""
-    events = list(mux._events)
-    mux._events.clear()
+    events = list(mux._lifecycle.events.items)
+    mux._lifecycle.events.items.clear()
     return events
 
 

@@ -436,9 +436,9 @@ async def test_a_stream_whose_task_died_is_closed_when_the_mux_exits() -> None:
 async def test_waiting_errors_are_bounded(
     monkeypatch: pytest.MonkeyPatch, auto_close: bool
 ) -> None:
-    import trio_kcm._mux
+    import trio_kcm._lifecycle
 
-    monkeypatch.setattr(trio_kcm._mux, "ERROR_BACKLOG", 4)
+    monkeypatch.setattr(trio_kcm._lifecycle, "ERROR_BACKLOG", 4)
     handles = []
     async with trio_kcm.open_mux(parser=P, auto_close=auto_close) as mux:
         for _ in range(10):

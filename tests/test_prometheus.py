@@ -31,13 +31,24 @@ OBJECTS = {
 # What can go down is a gauge; everything else only grows and is a counter.
 GAUGES = {
     "mux": {"streams", "sockets"},
-    "stream": {"tx_queued_msgs", "tx_queued_bytes", "state"},
+    "stream": {
+        "tx_queued_msgs",
+        "tx_queued_bytes",
+        "state",
+        "reserved_by",
+        "reading_paused",
+        "rx_ready_msgs",
+        "stalled",
+    },
     "socket": {
         "rx_queued_msgs",
         "rx_queued_bytes",
         "tx_queued_msgs",
         "tx_queued_bytes",
         "receive_enabled",
+        "receive_ready",
+        "tx_waiting",
+        "tx_batched_msgs",
     },
 }
 UNIT_SUFFIXES = ("", "_seconds")
@@ -66,6 +77,8 @@ def expected_samples(
     if isinstance(value, trio_kcm.StreamState):
         for state in trio_kcm.StreamState:
             yield {**labels, "state": state.value}, 1.0 if value is state else 0.0
+    elif isinstance(value, tuple):  # reserved_by: exported as how many
+        yield labels, float(len(value))
     else:
         yield labels, float(value)
 
@@ -135,8 +148,8 @@ async def test_every_statistic_is_exported_with_its_value() -> None:
 
         families = scrape(registry)
         checked = check_matches(families, "main", mux)
-        # 14 mux fields, 3 streams x (14 fields + 3 state samples), 3 sockets x 9 fields
-        assert checked == 14 + 3 * 17 + 3 * 9
+        # 14 mux fields, 3 streams x (18 fields + 3 state samples), 3 sockets x 12 fields
+        assert checked == 14 + 3 * 21 + 3 * 12
         # The traffic shows: not all zeros.
         assert families["trio_kcm_mux_rx_msgs"].samples[0].value == 6
         assert (

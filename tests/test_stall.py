@@ -14,8 +14,8 @@ P = trio_kcm.LengthPrefixed(">I", adjust=4)
 
 
 def events_of(mux: trio_kcm.Mux, *kinds: type) -> list[trio_kcm.MuxEvent]:
-    events = [e for e in mux._events if isinstance(e, kinds)]
-    mux._events.clear()
+    events = [e for e in mux._lifecycle.events.items if isinstance(e, kinds)]
+    mux._lifecycle.events.items.clear()
     return events
 
 

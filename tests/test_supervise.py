@@ -42,8 +42,8 @@ class Factory:
 
 
 def events_of(mux: trio_kcm.Mux) -> list[trio_kcm.MuxEvent]:
-    events = list(mux._events)
-    mux._events.clear()
+    events = list(mux._lifecycle.events.items)
+    mux._lifecycle.events.items.clear()
     return events
 
 

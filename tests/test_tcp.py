@@ -19,6 +19,7 @@ import trio
 import trio.testing
 
 import trio_kcm
+from trio_kcm._stream import life_of
 
 from .conftest import PeerReader, frame, unframe_all
 
@@ -600,7 +601,7 @@ class _WriterSteps(trio.abc.Instrument):
         self.steps = 0
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name.endswith("Mux._writer"):
+        if task.name.endswith("Transmitter.writer"):
             self.steps += 1
 
 
@@ -608,7 +609,8 @@ class _Writes:
     """Counts a TCP stream's writes: by its writer task, and by sending tasks.
 
     The writer writes through the trio socket's ``send``; a sending task
-    through the handle's ``_eager_send`` (call :meth:`watch` after attaching).
+    through its stream's transmit side's ``eager_send`` (call :meth:`watch`
+    after attaching).
     """
 
     def __init__(self, stream: trio.SocketStream) -> None:
@@ -623,14 +625,15 @@ class _Writes:
         stream.socket.send = counted  # type: ignore[method-assign,assignment]
 
     def watch(self, handle: trio_kcm.AttachedStream) -> None:
-        eager = handle._eager_send
+        tx = life_of(handle).tx
+        eager = tx.eager_send
         assert eager is not None
 
         def counted(data: bytes) -> int:
             self.by_sender += 1
             return eager(data)
 
-        handle._eager_send = counted
+        tx.eager_send = counted
 
 
 @asynccontextmanager

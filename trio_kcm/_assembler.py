@@ -122,6 +122,16 @@ class Assembler:
         self.msg_too_big = 0
 
     @property
+    def inline_check(self) -> tuple[_Unpack, int, int, int] | None:
+        """For a plain :class:`LengthPrefixed`: ``(unpack_from, offset, adjust, smallest)``.
+
+        What a caller needs to check one message inline, as :meth:`is_whole`
+        does; ``None`` for any other parser.
+        """
+        fixed = self._fixed
+        return None if fixed is None else (*fixed, self._min)
+
+    @property
     def partial_size(self) -> int:
         """Bytes received of a message that is not complete yet."""
         return len(self._head) + self._have

@@ -60,11 +60,11 @@ def format_stats(mux: Mux) -> str:
     for sock in mux.sockets:
         s = sock.statistics()
         flags = []
-        if sock._rx_candidate:
+        if s.receive_ready:
             flags.append("RxWait")
-        if sock._tx_queue:
+        if s.tx_waiting:
             flags.append("TxWait")
-        if any(b.messages for b in sock._batches.values()):
+        if s.tx_batched_msgs:
             flags.append("WMore")
         if not s.receive_enabled:
             flags.append("RxDisabled")
@@ -87,11 +87,10 @@ def format_stats(mux: Mux) -> str:
         flags = []
         if t.state is StreamState.FAILED:
             flags += ["TxStop", "RxStop"]
-        for owner in stream._owners:
-            flags.append(f"Rsvd-{owner.index}")
-        if stream._paused_since is not None:
+        flags += [f"Rsvd-{index}" for index in t.reserved_by]
+        if t.reading_paused:
             flags.append("RxPause")
-        if stream._held:
+        if t.rx_ready_msgs:
             flags.append("RdyRx")
         lines.append(
             _ROW.format(

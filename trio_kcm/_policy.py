@@ -34,13 +34,17 @@ Cheap read-only views of the load are :attr:`KCMSocket.rx_queued_bytes` and
 :attr:`AttachedStream.tx_queued_bytes`.
 
 Policy code that raises is a bug: the exception propagates out of
-:func:`open_mux`.  A policy object serves one mux.
+:func:`open_mux`.  A policy object serves one mux at a time: giving it to a
+second mux while the first is open raises :exc:`ValueError` (it would mix
+the two muxes' sockets and streams).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._errors import PolicyLoadError
@@ -232,3 +236,36 @@ def resolve_policy(spec: str | Policy) -> Policy:
             f"a policy must be a name or have pick_socket() and pick_stream(), not {spec!r}"
         )
     return spec
+
+
+# Policy objects in use, by id: (the policy, the mux it serves, how many sides).
+_bound: dict[int, tuple[Policy, object, int]] = {}
+_bound_lock = threading.Lock()
+
+
+@contextmanager
+def bind_policy(policy: Policy, mux: object) -> Iterator[None]:
+    """Internal: ``policy`` serves ``mux`` (one side or both) until the block ends.
+
+    Raises:
+      ValueError: ``policy`` serves another mux that is still open.
+
+    """
+    with _bound_lock:
+        entry = _bound.get(id(policy))
+        if entry is not None and entry[1] is not mux:
+            raise ValueError(
+                f"policy {policy!r} already serves another open mux; a policy object"
+                " serves one mux at a time (make one per mux: load_policy(name), or a"
+                " new instance)"
+            )
+        _bound[id(policy)] = (policy, mux, 1 if entry is None else entry[2] + 1)
+    try:
+        yield
+    finally:
+        with _bound_lock:
+            _, _, count = _bound[id(policy)]
+            if count == 1:
+                del _bound[id(policy)]
+            else:
+                _bound[id(policy)] = (policy, mux, count - 1)

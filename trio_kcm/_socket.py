@@ -5,20 +5,22 @@ from __future__ import annotations
 import enum
 import errno as _errno
 import weakref
-from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar, final
 
 import trio
 
+from ._outgoing import OutgoingCheck
+from ._receive import Receiver, SocketRx
 from ._stats import SocketStatistics
+from ._transmit import Batch, Transmitter
 
 if TYPE_CHECKING:
-    from ._mux import Mux, _SendWaiter
+    from ._mux import Mux
     from ._stream import AttachedStream
 
-__all__ = ["KCMSocket", "SocketType"]
+__all__ = ["KCMSocket", "SocketType", "close_socket"]
 
 T = TypeVar("T")
 
@@ -56,14 +58,6 @@ def _check_max_messages(max_messages: int) -> None:
         raise ValueError("max_messages must be >= 1")
 
 
-class _Batch:
-    __slots__ = ("messages", "nbytes")
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.nbytes = 0
-
-
 @final
 class KCMSocket:
     """A message endpoint on a mux, made by :meth:`Mux.socket` or :meth:`clone`.
@@ -87,60 +81,55 @@ class KCMSocket:
 
     __slots__ = (
         "__weakref__",
-        "_batches",
+        "_check",
         "_closed",
+        "_forget",
         "_index",
+        "_max_message_size",
         "_mux",
-        "_receive_enabled",
-        "_rx_bytes",
-        "_rx_candidate",
-        "_rx_limit",
-        "_rx_msgs",
-        "_rx_queue",
-        "_rx_queued_bytes",
+        "_receiver",
+        "_rx",
         "_rx_rests",
-        "_rx_waiters",
-        "_tx_bytes",
-        "_tx_limit",
-        "_tx_msgs",
+        "_seqpacket",
+        "_transmitter",
+        "_tx",
         "_tx_parts",
-        "_tx_queue",
-        "_tx_queued_bytes",
-        "_tx_queued_msgs",
-        "_tx_waiters",
     )
 
     def __init__(
-        self, mux: Mux, index: int, receive_buffer_size: int, send_buffer_size: int
+        self,
+        mux: Mux,
+        index: int,
+        *,
+        transmit: Transmitter,
+        receive: Receiver,
+        check: OutgoingCheck,
+        socket_type: SocketType,
+        receive_buffer_size: int,
+        send_buffer_size: int,
+        forget: Callable[[KCMSocket], None],
     ) -> None:
         self._mux = mux
         self._index = index
         self._closed = False
-        self._receive_enabled = True
-        # receive
-        self._rx_candidate = False
-        self._rx_limit = receive_buffer_size
-        self._rx_queue: deque[tuple[bytes, AttachedStream]] = deque()
-        self._rx_queued_bytes = 0
-        self._rx_waiters: deque[trio.lowlevel.Task] = deque()
-        # transmit
-        self._tx_limit = send_buffer_size
-        self._tx_queue: deque = deque()  # type: ignore[type-arg]  # TxGroups waiting for a stream
-        self._tx_queued_bytes = 0
-        self._tx_queued_msgs = 0
-        self._tx_waiters: OrderedDict[trio.lowlevel.Task, _SendWaiter] = OrderedDict()
-        self._batches: dict[trio.lowlevel.Task, _Batch] = {}
+        self._transmitter = transmit
+        self._receiver = receive
+        self._check = check
+        self._seqpacket = socket_type is SocketType.SEQPACKET
+        self._max_message_size = check.max_message_size
+        self._forget = forget  # the mux's registry forgets a closed socket
+        # The two sides, owned by the schedulers: this socket only reads them
+        # and hands them back to the scheduler's methods.
+        self._tx = transmit.open_socket(self, send_buffer_size)
+        self._rx: SocketRx = receive.open_socket(self, receive_buffer_size)
         # SEQPACKET, per task, made on first use: messages being built, and
         # the unread rest of messages being read in pieces.
         self._tx_parts: weakref.WeakKeyDictionary[trio.lowlevel.Task, _Parts] | None = None
         self._rx_rests: weakref.WeakKeyDictionary[trio.lowlevel.Task, tuple[bytes, int]] | None = (
             None
         )
-        # counters
-        self._rx_msgs = 0
-        self._rx_bytes = 0
-        self._tx_msgs = 0
-        self._tx_bytes = 0
+        # Last: the receive policy hears of it, and may read it.
+        receive.add_socket(self._rx)
 
     # -- identity -------------------------------------------------------------
 
@@ -157,22 +146,22 @@ class KCMSocket:
     @property
     def receive_buffer_size(self) -> int:
         """The receive buffer's size in bytes."""
-        return self._rx_limit
+        return self._rx.limit
 
     @property
     def send_buffer_size(self) -> int:
         """The send buffer's size in bytes."""
-        return self._tx_limit
+        return self._tx.limit
 
     @property
     def rx_queued_bytes(self) -> int:
         """Bytes waiting in the receive queue (cheap; for policies)."""
-        return self._rx_queued_bytes
+        return self._rx.queued_bytes
 
     @property
     def receive_enabled(self) -> bool:
         """Whether this socket takes new messages (see :meth:`disable_receive`)."""
-        return self._receive_enabled
+        return self._rx.enabled
 
     def clone(self) -> KCMSocket:
         """Open another socket on the same mux, with the same buffer sizes.
@@ -186,7 +175,7 @@ class KCMSocket:
         """
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        return self._mux.socket(receive_buffer_size=self._rx_limit, send_buffer_size=self._tx_limit)
+        return self._mux.socket(receive_buffer_size=self._rx.limit, send_buffer_size=self._tx.limit)
 
     # -- sending --------------------------------------------------------------
 
@@ -212,8 +201,10 @@ class KCMSocket:
                 self._add_part(message)
                 return
             message = self._take_parts(message)
-        message = self._mux._prepare(message)
-        if not self._mux._try_send(self, [message], len(message)):
+        message = self._check.prepare(message)
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if not self._transmitter.try_send(self._tx, [message], len(message)):
             raise trio.WouldBlock
 
     async def send(self, message: bytes, *, more: bool = False) -> None:
@@ -260,33 +251,33 @@ class KCMSocket:
                 await self._send_part(message)
                 return
             message = self._take_parts(message)
-        mux = self._mux
-        message = mux._prepare(message)
+        message = self._check.prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        batch = self._batches.get(trio.lowlevel.current_task()) if self._batches else None
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        tx = self._tx
+        transmit = self._transmitter
+        batch = tx.batches.get(trio.lowlevel.current_task()) if tx.batches else None
         if batch is not None:
             # Held by this task's batch: a cancel point, not a schedule point.
-            if not (self._closed or self._tx_waiters or self._tx_queued_bytes >= self._tx_limit):
-                # Mux._accept for one message, without its list and calls:
-                # this is the body of the batch's loop.
-                n = len(message)
-                mux._count_accepted(self, 1, n)
-                batch.messages.append(message)
-                batch.nbytes += n
-            elif mux._send_now(self, [message], len(message)):
-                mux._close_windows()
+            if not (tx.waiters or tx.queued_bytes >= tx.limit):
+                # The body of the batch's loop: one call, no list.
+                transmit.hold(tx, batch, message)
+            elif transmit.send_now(tx, [message], len(message)):
+                transmit.close_windows()
             else:
-                await mux._wait_send(self, [message], len(message))
+                await transmit.wait_send(tx, [message], len(message))
             return
-        if mux._send_now(self, [message], len(message)):
-            await mux._end_send()
+        if transmit.send_now(tx, [message], len(message)):
+            await transmit.end_send()
             return
-        await mux._wait_send(self, [message], len(message))
+        await transmit.wait_send(tx, [message], len(message))
 
     def _in_batch(self) -> bool:
         # A send held by this task's batch is a cancel point but not a schedule
         # point: the batch's end is (see batch()).
-        return bool(self._batches) and trio.lowlevel.current_task() in self._batches
+        batches = self._tx.batches
+        return bool(batches) and trio.lowlevel.current_task() in batches
 
     async def _send_part(self, part: bytes) -> None:
         self._add_part(part)
@@ -297,8 +288,7 @@ class KCMSocket:
             raise
 
     def _add_part(self, part: bytes) -> None:
-        mux = self._mux
-        if mux._socket_type is not SocketType.SEQPACKET:
+        if not self._seqpacket:
             raise _not_seqpacket("send(..., more=True)")
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
@@ -313,12 +303,12 @@ class KCMSocket:
         if building is None:
             building = self._tx_parts[task] = _Parts()
         nbytes = building.nbytes + len(part)
-        if nbytes > mux._max_message_size:
+        if nbytes > self._max_message_size:
             del self._tx_parts[task]
             raise OSError(
                 _errno.EMSGSIZE,
                 f"the message being built would be {nbytes} bytes, larger than"
-                f" max_message_size={mux._max_message_size}; it was dropped",
+                f" max_message_size={self._max_message_size}; it was dropped",
             )
         building.parts.append(part)
         building.nbytes = nbytes
@@ -333,11 +323,11 @@ class KCMSocket:
             if isinstance(last, str):
                 raise TypeError("messages are bytes, not str")
             last = memoryview(last).tobytes()
-        if building.nbytes + len(last) > self._mux._max_message_size:
+        if building.nbytes + len(last) > self._max_message_size:
             raise OSError(
                 _errno.EMSGSIZE,
                 f"the message built would be {building.nbytes + len(last)} bytes, larger than"
-                f" max_message_size={self._mux._max_message_size}; it was dropped",
+                f" max_message_size={self._max_message_size}; it was dropped",
             )
         building.parts.append(last)
         return b"".join(building.parts)
@@ -360,12 +350,10 @@ class KCMSocket:
 
     def send_many_nowait(self, messages: Iterable[bytes]) -> None:
         """:meth:`send_many`, or :exc:`trio.WouldBlock` if the buffer is full."""
-        batch, nbytes = self._mux._prepare_many(messages)
-        if not batch:
-            if self._closed:
-                raise trio.ClosedResourceError("the KCM socket is closed")
-            return
-        if not self._mux._try_send(self, batch, nbytes):
+        batch, nbytes = self._check.prepare_many(messages)
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if batch and not self._transmitter.try_send(self._tx, batch, nbytes):
             raise trio.WouldBlock
 
     async def send_many(self, messages: Iterable[bytes]) -> None:
@@ -379,17 +367,18 @@ class KCMSocket:
           The same as :meth:`send`, for any of the messages.
 
         """
-        batch, nbytes = self._mux._prepare_many(messages)
+        batch, nbytes = self._check.prepare_many(messages)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if not batch and self._closed:
+        if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        if not batch or self._mux._send_now(self, batch, nbytes):
+        transmit = self._transmitter
+        if not batch or transmit.send_now(self._tx, batch, nbytes):
             if self._in_batch():
-                self._mux._close_windows()
+                transmit.close_windows()
             else:
-                await self._mux._end_send()
+                await transmit.end_send()
             return
-        await self._mux._wait_send(self, batch, nbytes)
+        await transmit.wait_send(self._tx, batch, nbytes)
 
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
@@ -418,14 +407,15 @@ class KCMSocket:
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
         task = trio.lowlevel.current_task()
-        if task in self._batches:
+        batches = self._tx.batches
+        if task in batches:
             raise RuntimeError("batch() blocks cannot nest on one socket")
-        batch = self._batches[task] = _Batch()
+        batch = batches[task] = Batch()
         try:
             yield
         finally:
-            if self._batches.pop(task, None) is batch:
-                self._mux._flush_batch(self, batch)
+            if batches.pop(task, None) is batch:
+                self._transmitter.flush_batch(self._tx, batch)
         await trio.lowlevel.checkpoint()
 
     # -- receiving ------------------------------------------------------------
@@ -438,7 +428,7 @@ class KCMSocket:
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
-        return self._receive_nowait(1, self._mux._take)[0]
+        return self._receive_nowait(1, self._receiver.take)[0]
 
     async def receive(self) -> bytes:
         """Wait for and return one whole message (header included).
@@ -451,12 +441,12 @@ class KCMSocket:
             waiting).
 
         """
-        return (await self._receive(1, self._mux._take))[0]
+        return (await self._receive(1, self._receiver.take))[0]
 
     def receive_many_nowait(self, max_messages: int) -> list[bytes]:
         """Take up to ``max_messages`` queued messages, or raise :exc:`trio.WouldBlock`."""
         _check_max_messages(max_messages)
-        return self._receive_nowait(max_messages, self._mux._take)
+        return self._receive_nowait(max_messages, self._receiver.take)
 
     async def receive_many(self, max_messages: int) -> list[bytes]:
         """Wait for messages; return all that are queued, up to ``max_messages``.
@@ -470,25 +460,26 @@ class KCMSocket:
 
         """
         _check_max_messages(max_messages)
-        return await self._receive(max_messages, self._mux._take)
+        return await self._receive(max_messages, self._receiver.take)
 
-    def _receive_nowait(self, max_messages: int, take: Callable[[KCMSocket, int], T]) -> T:
+    def _receive_nowait(self, max_messages: int, take: Callable[[SocketRx, int], T]) -> T:
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        if not self._rx_queue:
+        if not self._rx.queue:
             raise trio.WouldBlock
-        return take(self, max_messages)
+        return take(self._rx, max_messages)
 
-    async def _receive(self, max_messages: int, take: Callable[[KCMSocket, int], T]) -> T:
+    async def _receive(self, max_messages: int, take: Callable[[SocketRx, int], T]) -> T:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        if self._rx_queue:
-            messages = take(self, max_messages)
+        rx = self._rx
+        if rx.queue:
+            messages = take(rx, max_messages)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return messages
         task = trio.lowlevel.current_task()
-        waiters = self._rx_waiters
+        waiters = rx.waiters
         waiters.append(task)
         while True:
 
@@ -499,8 +490,8 @@ class KCMSocket:
             await trio.lowlevel.wait_task_rescheduled(abort)
             if self._closed:
                 raise trio.ClosedResourceError("the KCM socket is closed")
-            if self._rx_queue:
-                return take(self, max_messages)
+            if rx.queue:
+                return take(rx, max_messages)
             # Another task took it first, or it moved away: wait at the head.
             waiters.appendleft(task)
 
@@ -510,9 +501,9 @@ class KCMSocket:
         """:meth:`receive_some`, or raise :exc:`trio.WouldBlock` if there is nothing to read."""
         rest = self._check_receive_some(max_bytes)
         if rest is None:
-            if not self._rx_queue:
+            if not self._rx.queue:
                 raise trio.WouldBlock
-            rest = (self._mux._take(self, 1)[0], 0)
+            rest = (self._receiver.take(self._rx, 1)[0], 0)
         return self._piece(rest, max_bytes)
 
     async def receive_some(self, max_bytes: int) -> tuple[bytes, bool]:
@@ -537,7 +528,7 @@ class KCMSocket:
         """
         rest = self._check_receive_some(max_bytes)
         if rest is None:
-            rest = ((await self._receive(1, self._mux._take))[0], 0)
+            rest = ((await self._receive(1, self._receiver.take))[0], 0)
             return self._piece(rest, max_bytes)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
@@ -548,7 +539,7 @@ class KCMSocket:
 
     def _check_receive_some(self, max_bytes: int) -> tuple[bytes, int] | None:
         """Check the call; return the rest this task has to read, if any."""
-        if self._mux._socket_type is not SocketType.SEQPACKET:
+        if not self._seqpacket:
             raise _not_seqpacket("receive_some()")
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
@@ -577,7 +568,7 @@ class KCMSocket:
 
     def receive_from_nowait(self) -> tuple[bytes, AttachedStream]:
         """:meth:`receive_from`, or raise :exc:`trio.WouldBlock` if nothing is queued."""
-        return self._receive_nowait(1, self._mux._take_from)[0]
+        return self._receive_nowait(1, self._receiver.take_from)[0]
 
     async def receive_from(self) -> tuple[bytes, AttachedStream]:
         """Wait for one whole message; return it and the stream it came on.
@@ -593,12 +584,12 @@ class KCMSocket:
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
-        return (await self._receive(1, self._mux._take_from))[0]
+        return (await self._receive(1, self._receiver.take_from))[0]
 
     def receive_many_from_nowait(self, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
         """:meth:`receive_many_from`, or raise :exc:`trio.WouldBlock` if nothing is queued."""
         _check_max_messages(max_messages)
-        return self._receive_nowait(max_messages, self._mux._take_from)
+        return self._receive_nowait(max_messages, self._receiver.take_from)
 
     async def receive_many_from(self, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
         """:meth:`receive_many`, each message with the stream it came on.
@@ -613,12 +604,14 @@ class KCMSocket:
 
         """
         _check_max_messages(max_messages)
-        return await self._receive(max_messages, self._mux._take_from)
+        return await self._receive(max_messages, self._receiver.take_from)
 
     def send_to_nowait(self, message: bytes, handle: AttachedStream) -> None:
         """:meth:`send_to`, or raise :exc:`trio.WouldBlock` if the send buffer is full."""
-        message = self._mux._prepare(message)
-        if not self._mux._try_send_to(self, handle, [message], len(message)):
+        message = self._check.prepare(message)
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        if not self._transmitter.try_send_to(self._tx, handle, [message], len(message)):
             raise trio.WouldBlock
 
     async def send_to(self, message: bytes, handle: AttachedStream) -> None:
@@ -652,12 +645,15 @@ class KCMSocket:
           OSError: ``EMSGSIZE``: ``message`` is above ``max_message_size``.
 
         """
-        message = self._mux._prepare(message)
+        message = self._check.prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._mux._send_now(self, [message], len(message), handle):
-            await self._mux._end_send()
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        transmit = self._transmitter
+        if transmit.send_now(self._tx, [message], len(message), handle):
+            await transmit.end_send()
             return
-        await self._mux._wait_send(self, [message], len(message), handle)
+        await transmit.wait_send(self._tx, [message], len(message), handle)
 
     def __aiter__(self) -> KCMSocket:
         return self
@@ -667,7 +663,7 @@ class KCMSocket:
         try:
             return await self.receive()
         except trio.ClosedResourceError:
-            if self._mux._closed:
+            if self._rx.closed_by_mux:
                 raise StopAsyncIteration from None
             raise
 
@@ -681,15 +677,15 @@ class KCMSocket:
         """
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        if self._receive_enabled:
-            self._mux._disable_receive(self)
+        if self._rx.enabled:
+            self._receiver.disable(self._rx)
 
     def enable_receive(self) -> None:
         """Take new messages again (undoes :meth:`disable_receive`)."""
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        if not self._receive_enabled:
-            self._mux._enable_receive(self)
+        if not self._rx.enabled:
+            self._receiver.enable(self._rx)
 
     async def aclose(self) -> None:
         """Close the socket.  Idempotent.
@@ -700,7 +696,7 @@ class KCMSocket:
         :meth:`send` (not yet accepted) or :meth:`receive` get
         :exc:`trio.ClosedResourceError`.  The mux and its streams go on.
         """
-        self._mux._close_socket(self)
+        close_socket(self, by_mux=False)
         await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> KCMSocket:
@@ -711,18 +707,39 @@ class KCMSocket:
 
     def statistics(self) -> SocketStatistics:
         """Return a snapshot of this socket's counters."""
+        rx = self._rx
+        tx = self._tx
         return SocketStatistics(
-            rx_msgs=self._rx_msgs,
-            rx_bytes=self._rx_bytes,
-            tx_msgs=self._tx_msgs,
-            tx_bytes=self._tx_bytes,
-            rx_queued_msgs=len(self._rx_queue),
-            rx_queued_bytes=self._rx_queued_bytes,
-            tx_queued_msgs=self._tx_queued_msgs,
-            tx_queued_bytes=self._tx_queued_bytes,
-            receive_enabled=self._receive_enabled,
+            rx_msgs=rx.msgs,
+            rx_bytes=rx.bytes,
+            tx_msgs=tx.msgs,
+            tx_bytes=tx.bytes,
+            rx_queued_msgs=len(rx.queue),
+            rx_queued_bytes=rx.queued_bytes,
+            tx_queued_msgs=tx.queued_msgs,
+            tx_queued_bytes=tx.queued_bytes,
+            receive_enabled=rx.enabled,
+            receive_ready=self in self._receiver.candidates,
+            tx_waiting=bool(tx.queue),
+            tx_batched_msgs=sum(len(b.messages) for b in tx.batches.values()),
         )
 
     def __repr__(self) -> str:
-        flags = " closed" if self._closed else ("" if self._receive_enabled else " rx-disabled")
+        flags = " closed" if self._closed else ("" if self._rx.enabled else " rx-disabled")
         return f"<KCMSocket kcm-{self._index}{flags}>"
+
+
+def close_socket(sock: KCMSocket, *, by_mux: bool) -> None:
+    """Close ``sock`` (:meth:`KCMSocket.aclose`, or the mux closing it: ``by_mux``).
+
+    Tasks waiting to send (not accepted) or to receive get
+    :exc:`trio.ClosedResourceError`; accepted messages still go out, open
+    batches included; queued messages move to other sockets.
+    """
+    if sock._closed:
+        return
+    sock._closed = True
+    sock._tx_parts = sock._rx_rests = None  # SEQPACKET: unfinished messages are dropped
+    sock._forget(sock)
+    sock._transmitter.close_socket(sock._tx)
+    sock._receiver.close_socket(sock._rx, by_mux=by_mux)

@@ -66,6 +66,15 @@ class StreamStatistics:
     tx_queued_bytes: int
     #: The stream's state.
     state: StreamState
+    #: The indices of the sockets with a burst on this stream: each has
+    #: messages queued or in flight here (``Rsvd-N`` in ``format_stats``).
+    reserved_by: tuple[int, ...]
+    #: Whether its reader is stopped now for backpressure (no socket has room).
+    reading_paused: bool
+    #: Complete messages read from it that wait for a socket with room.
+    rx_ready_msgs: int
+    #: Whether its write is stalled (see ``tx_stall_timeout``).
+    stalled: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,15 @@ class SocketStatistics:
     tx_queued_bytes: int
     #: Whether the socket takes new messages (see ``disable_receive``).
     receive_enabled: bool
+    #: Whether the receive policy may give it messages now: open, enabled, and
+    #: its receive queue below ``receive_buffer_size`` (back below half once
+    #: it was full).
+    receive_ready: bool
+    #: Whether messages it accepted wait for a stream (none attached, or the
+    #: transmit policy picked none).
+    tx_waiting: bool
+    #: Messages accepted inside open ``batch()`` blocks, held until they end.
+    tx_batched_msgs: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ The supervisor is a task of the application's (``await mux.supervise(...)``,
 run in a nursery, ideally with ``nursery.start``), not of the mux: cancelling
 it stops the reconnecting and nothing else.  It runs one loop per slot:
 
-    connect() -> attach -> wait until the stream's tasks end
+    connect() -> attach -> wait until the stream has ended (left the mux, or
+                           failed with its tasks done)
       -> failed: (unattach and) close it, back off, connect again
       -> unattached by the application: connect again at once
       -> the mux closes: return
@@ -29,6 +30,7 @@ from ._events import ReconnectScheduled
 from ._stats import StreamState
 
 if TYPE_CHECKING:
+    from ._lifecycle import Lifecycle
     from ._mux import Mux
     from ._stream import AttachedStream
 
@@ -102,6 +104,7 @@ DEFAULT_BACKOFF = Backoff()
 
 async def supervise(
     mux: Mux,
+    lifecycle: Lifecycle,
     connect: Callable[[], Awaitable[trio.abc.Stream]],
     *,
     count: int,
@@ -113,7 +116,7 @@ async def supervise(
         raise ValueError("count must be >= 1")
     if connect_timeout is not None and not connect_timeout > 0:
         raise ValueError(f"connect_timeout must be None or > 0, not {connect_timeout!r}")
-    if mux._closed:
+    if lifecycle.closing:
         raise trio.ClosedResourceError("the mux is closed")
     waiting = set(range(count))  # slots that have not attached a stream yet
 
@@ -126,16 +129,19 @@ async def supervise(
     async with trio.open_nursery() as nursery:
 
         async def stop_when_the_mux_closes() -> None:
-            await mux._shut_event.wait()
+            await lifecycle.closing_event.wait()
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(stop_when_the_mux_closes)
         for slot in range(count):
-            nursery.start_soon(_keep_one, mux, connect, slot, backoff, connect_timeout, attached)
+            nursery.start_soon(
+                _keep_one, mux, lifecycle, connect, slot, backoff, connect_timeout, attached
+            )
 
 
 async def _keep_one(
     mux: Mux,
+    lifecycle: Lifecycle,
     connect: Callable[[], Awaitable[trio.abc.Stream]],
     slot: int,
     backoff: Backoff,
@@ -152,7 +158,7 @@ async def _keep_one(
             failures += 1
             delay = backoff.delay(failures)
             logger.info("supervise: connect() failed: %r; retrying in %.3g s", exc, delay)
-            _schedule(mux, None, failures, delay, exc)
+            _schedule(lifecycle, None, failures, delay, exc)
             await trio.sleep(delay)
             continue
         try:
@@ -162,31 +168,31 @@ async def _keep_one(
             return
         attached(slot)
         since = trio.current_time()
-        await handle._done.wait()
-        if mux._closed:
+        await lifecycle.wait_ended(handle)
+        if lifecycle.closing:
             return
-        if handle._state is StreamState.FAILED:
-            if not handle._released:
+        if handle.state is StreamState.FAILED:
+            if handle in lifecycle.streams:
                 # auto_close=False: closing is the application's job, i.e. ours.
                 await trio.aclose_forcefully(await mux.unattach(handle))
             if trio.current_time() - since >= backoff.reset_after:
                 failures = 0
             failures += 1
             delay = backoff.delay(failures)
-            _schedule(mux, handle, failures, delay, handle._error)
+            _schedule(lifecycle, handle, failures, delay, lifecycle.error_of(handle))
             await trio.sleep(delay)
         else:
             # The application unattached it: replace it at once.
             failures = 0
-            _schedule(mux, handle, 0, 0.0, None)
+            _schedule(lifecycle, handle, 0, 0.0, None)
             await trio.lowlevel.checkpoint()
 
 
 def _schedule(
-    mux: Mux,
+    lifecycle: Lifecycle,
     stream: AttachedStream | None,
     failures: int,
     delay: float,
     cause: BaseException | None,
 ) -> None:
-    mux._event(ReconnectScheduled(stream, failures, delay, cause, trio.current_time()))
+    lifecycle.events.put(ReconnectScheduled(stream, failures, delay, cause, trio.current_time()))

@@ -101,6 +101,10 @@ _STREAM_FIELDS: tuple[_Field, ...] = (
     _Field("tx_queued_msgs", "gauge", "Messages queued for this stream and not written yet."),
     _Field("tx_queued_bytes", "gauge", "Bytes queued for this stream and not written yet."),
     _Field("state", "gauge", "The stream's state: 1 for the current one, 0 for the others."),
+    _Field("reserved_by", "gauge", "KCM sockets with a burst on this stream now (how many)."),
+    _Field("reading_paused", "gauge", "1 while the reader is stopped for backpressure, else 0."),
+    _Field("rx_ready_msgs", "gauge", "Complete messages from this stream waiting for a socket."),
+    _Field("stalled", "gauge", "1 while its write is stalled (tx_stall_timeout), else 0."),
 )
 
 _SOCKET_FIELDS: tuple[_Field, ...] = (
@@ -113,6 +117,9 @@ _SOCKET_FIELDS: tuple[_Field, ...] = (
     _Field("tx_queued_msgs", "gauge", "Messages accepted from this socket, not written yet."),
     _Field("tx_queued_bytes", "gauge", "Bytes accepted from this socket, not written yet."),
     _Field("receive_enabled", "gauge", "1 if the socket takes new messages, else 0."),
+    _Field("receive_ready", "gauge", "1 if the receive policy may give it messages now, else 0."),
+    _Field("tx_waiting", "gauge", "1 if messages it accepted wait for a stream, else 0."),
+    _Field("tx_batched_msgs", "gauge", "Messages held by open batch() blocks on this socket."),
 )
 
 
@@ -144,6 +151,8 @@ def _take(name: str, mux: Mux) -> _Snapshot:
 
 def _value(stats: object, field: str) -> float:
     value = getattr(stats, field)
+    if isinstance(value, tuple):  # reserved_by: the sockets, counted
+        return float(len(value))
     return float(value)  # ints, floats and bools alike
 
 

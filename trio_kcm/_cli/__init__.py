@@ -31,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="trio-kcm: whole messages over many byte streams, on Trio.",
     )
     parser.add_argument("--version", action="version", version=f"trio-kcm {__version__}")
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", title="commands", required=False
-    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=False)
     for module in COMMANDS.values():
         importlib.import_module(module, __name__).add_parser(sub)
     return parser

@@ -1,0 +1,482 @@
+"""The receive scheduler: stream bytes -> whole messages -> a socket picked by the policy.
+
+Each attached stream has a *reader* task (:meth:`Receiver.reader`): it reads,
+feeds its assembler (the strparser), and *steers* each complete message to
+the socket the receive policy picks from the exact set of receive candidates
+this scheduler keeps -- open, receive-enabled sockets whose queue is below
+their buffer size.  A message is delivered whole, to one socket, once.
+
+When no socket has room, the rest of the read waits on the stream
+(:class:`StreamRx` ``held``) and the reader *pauses* -- it stops reading, and
+TCP's window pushes back on the peer -- until a socket is added or has room
+again.  Messages that must move (their socket was closed or disabled, their
+stream left) wait in the mux's *hold* queue and are steered first.
+
+A receiving task takes from its socket's queue (:meth:`Receiver.take`); a
+socket that was full becomes a candidate again once it is down to half its
+buffer.  Entry points a user's task calls are guarded once against policy
+bugs (``_bugs.py``) and protected from KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno as _errno
+import itertools
+import math
+import operator
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, final
+
+import outcome
+import trio
+import trio_util
+from trio.lowlevel import enable_ki_protection
+
+from ._assembler import Assembler, AssemblyError
+from ._bugs import BugReport
+from ._policy import Policy
+from ._state import HEALTHY
+
+if TYPE_CHECKING:
+    from ._socket import KCMSocket
+    from ._stream import AttachedStream, StreamLife
+
+__all__ = ["READ_SIZE", "Receiver", "SocketRx", "StreamRx"]
+
+#: Bytes asked of a stream per read.
+READ_SIZE = 65536
+
+_first = operator.itemgetter(0)
+
+#: How a reader fails its stream: (errno, message, cause, partial bytes or None).
+FailStream = Callable[[int, str, "BaseException | None", "bytes | None"], None]
+
+
+@final
+class SocketRx:
+    """One socket's receive side: its queue, and the tasks waiting on it."""
+
+    __slots__ = (
+        "bytes",
+        "closed",
+        "closed_by_mux",
+        "enabled",
+        "limit",
+        "msgs",
+        "queue",
+        "queued_bytes",
+        "sock",
+        "waiters",
+    )
+
+    def __init__(self, sock: KCMSocket, limit: int) -> None:
+        self.sock = sock
+        self.limit = limit
+        self.enabled = True
+        self.closed = False
+        self.closed_by_mux = False
+        self.queue: deque[tuple[bytes, AttachedStream]] = deque()
+        self.queued_bytes = 0
+        self.waiters: deque[trio.lowlevel.Task] = deque()
+        self.msgs = 0
+        self.bytes = 0
+
+
+@final
+class StreamRx:
+    """One stream's receive side: its assembler and what waits for a socket."""
+
+    __slots__ = (
+        "assembler",
+        "deadline",
+        "held",
+        "life",
+        "paused",
+        "paused_since",
+        "scope",
+        "timeout",
+        "timeouts",
+    )
+
+    def __init__(
+        self, life: StreamLife, max_message_size: int, assembly_timeout: float | None
+    ) -> None:
+        self.life = life
+        self.assembler = Assembler(life.parser, max_message_size)
+        self.timeout = assembly_timeout
+        #: When the message being assembled must be complete (inf: none is).
+        self.deadline = math.inf
+        #: Complete messages read from it, waiting for a socket with room.
+        self.held: list[bytes] = []
+        self.paused_since: float | None = None
+        self.paused = 0.0
+        self.timeouts = 0
+        #: The reader's own scope: unattach stops the reader alone.
+        self.scope = trio.CancelScope()
+
+    def paused_seconds(self) -> float:
+        """Seconds the reader was stopped for backpressure, a pause in progress included."""
+        paused = self.paused
+        if self.paused_since is not None:
+            paused += trio.current_time() - self.paused_since
+        return paused
+
+
+@final
+class Receiver:
+    """The receive scheduler of one mux: its policy, candidates, and readers."""
+
+    __slots__ = (
+        "bugs",
+        "bytes",
+        "candidates",
+        "hold",
+        "msgs",
+        "paused_readers",
+        "policy",
+        "space",
+    )
+
+    def __init__(self, policy: Policy, bugs: BugReport) -> None:
+        self.policy = policy
+        self.bugs = bugs
+        #: The receive candidates, exactly.
+        self.candidates: dict[KCMSocket, SocketRx] = {}
+        #: Complete messages waiting in the mux for a socket (see the module doc).
+        self.hold: deque[tuple[bytes, AttachedStream]] = deque()
+        #: Set when a socket has room for paused readers.
+        self.space = trio_util.RepeatedEvent()
+        self.paused_readers = 0
+        self.msgs = 0
+        self.bytes = 0
+
+    # -- sockets -----------------------------------------------------------------
+
+    def open_socket(self, sock: KCMSocket, limit: int) -> SocketRx:
+        """A new socket's receive side (a candidate once :meth:`add_socket` says so)."""
+        return SocketRx(sock, limit)
+
+    @enable_ki_protection
+    def add_socket(self, rx: SocketRx) -> None:
+        """The new socket is ready: it becomes a receive candidate."""
+        try:
+            self._add_candidate(rx)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+
+    def _add_candidate(self, rx: SocketRx) -> None:
+        self.candidates[rx.sock] = rx
+        self.policy.socket_added(rx.sock)
+        if self.hold:
+            self._steer_hold()
+        if self.paused_readers and self.candidates:
+            self.space.set()
+
+    def _remove_candidate(self, rx: SocketRx) -> None:
+        if self.candidates.pop(rx.sock, None) is not None:
+            self.policy.socket_removed(rx.sock)
+
+    @enable_ki_protection
+    def disable(self, rx: SocketRx) -> None:
+        """``disable_receive``: its queue moves to other sockets."""
+        rx.enabled = False
+        try:
+            self._move_queue(rx)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+
+    @enable_ki_protection
+    def enable(self, rx: SocketRx) -> None:
+        """``enable_receive``: a candidate again if it has room."""
+        rx.enabled = True
+        try:
+            if rx.queued_bytes < rx.limit:
+                self._add_candidate(rx)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+
+    @enable_ki_protection
+    def close_socket(self, rx: SocketRx, *, by_mux: bool) -> None:
+        """Waiting receivers get ClosedResourceError; its queue moves to the others."""
+        rx.closed = True
+        rx.closed_by_mux = by_mux
+        while rx.waiters:
+            error = trio.ClosedResourceError("the KCM socket was closed")
+            trio.lowlevel.reschedule(rx.waiters.popleft(), outcome.Error(error))
+        try:
+            self._move_queue(rx)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+
+    def _move_queue(self, rx: SocketRx) -> None:
+        """A socket stops receiving: its queued messages go to the others."""
+        self._remove_candidate(rx)
+        if rx.queue:
+            entries = list(rx.queue)
+            rx.queue.clear()
+            nbytes = rx.queued_bytes
+            rx.queued_bytes = 0
+            self.policy.socket_drained(rx.sock, nbytes)
+            # Ahead of messages that were already waiting in the mux.
+            self.hold.extendleft(reversed(entries))
+            self._steer_hold()
+
+    # -- taking ------------------------------------------------------------------
+
+    @enable_ki_protection
+    def take(self, rx: SocketRx, max_messages: int) -> list[bytes]:
+        """Take up to ``max_messages`` from a non-empty queue (a receive)."""
+        queue = rx.queue
+        if max_messages == 1 or len(queue) == 1:
+            message = queue.popleft()[0]
+            out = [message]
+            nbytes = len(message)
+        elif max_messages >= len(queue):
+            out = list(map(_first, queue))  # all of it, in C
+            queue.clear()
+            nbytes = sum(map(len, out))
+        else:
+            out = [queue.popleft()[0] for _ in range(max_messages)]
+            nbytes = sum(map(len, out))
+        rx.queued_bytes -= nbytes
+        rx.msgs += len(out)
+        rx.bytes += nbytes
+        try:
+            self.policy.socket_drained(rx.sock, nbytes)
+            # A full socket comes back below half its buffer (the kernel waits
+            # for rcvlowat, by default empty): coming back at the first free
+            # byte would wake a paused reader for every message taken.
+            if (
+                rx.enabled
+                and not rx.closed
+                and rx.queued_bytes <= rx.limit >> 1
+                and rx.sock not in self.candidates
+            ):
+                self._add_candidate(rx)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+        return out
+
+    def take_from(self, rx: SocketRx, max_messages: int) -> list[tuple[bytes, AttachedStream]]:
+        """:meth:`take`, with the stream each message came on."""
+        origins = [o for _, o in itertools.islice(rx.queue, max_messages)]
+        return list(zip(self.take(rx, max_messages), origins, strict=True))
+
+    # -- steering ----------------------------------------------------------------
+
+    def _picked(self, picked: KCMSocket | None) -> SocketRx:
+        try:
+            return self.candidates[picked]  # type: ignore[index]
+        except (KeyError, TypeError):
+            raise RuntimeError(
+                f"policy {self.policy!r} picked {picked!r}, which is not a receive candidate"
+            ) from None
+
+    def _deliver(self, rx: SocketRx, message: bytes, origin: AttachedStream) -> None:
+        rx.queue.append((message, origin))
+        queued = rx.queued_bytes + len(message)
+        rx.queued_bytes = queued
+        if rx.waiters:
+            trio.lowlevel.reschedule(rx.waiters.popleft())
+        if queued >= rx.limit:
+            self._remove_candidate(rx)
+
+    def steer(self, origin: AttachedStream, messages: list[bytes]) -> int:
+        """Deliver one read's messages; return how many found a socket."""
+        policy = self.policy
+        if policy.batch_affine and len(messages) > 1:
+            return self._steer_runs(origin, messages)
+        i = 0
+        n = len(messages)
+        pick = policy.pick_socket
+        candidates = self.candidates
+        reschedule = trio.lowlevel.reschedule
+        # _deliver, inline: this loop runs once per message received.
+        while i < n and candidates:
+            message = messages[i]
+            picked = pick(origin, message)
+            if picked is None:
+                break
+            try:
+                rx = candidates[picked]
+            except (KeyError, TypeError):
+                rx = self._picked(picked)  # raises the policy's error
+            rx.queue.append((message, origin))
+            queued = rx.queued_bytes + len(message)
+            rx.queued_bytes = queued
+            if rx.waiters:
+                reschedule(rx.waiters.popleft())
+            if queued >= rx.limit:
+                self._remove_candidate(rx)
+            i += 1
+        policy.read_done(origin)
+        return i
+
+    def _steer_runs(self, origin: AttachedStream, messages: list[bytes]) -> int:
+        """:meth:`steer` for a batch-affine policy: one pick per run of messages.
+
+        A run is what the picked socket takes before it is full: messages
+        while its queued bytes are below its limit, the one reaching the limit
+        included (as one message at a time would go).  It is delivered with C
+        loops: sizes summed by ``accumulate``, the end found by ``bisect``.
+        """
+        i = 0
+        n = len(messages)
+        policy = self.policy
+        reschedule = trio.lowlevel.reschedule
+        while i < n and self.candidates:
+            picked = policy.pick_socket(origin, messages[i])
+            if picked is None:
+                break
+            rx = self._picked(picked)
+            run = messages[i:] if i else messages
+            sizes = list(itertools.accumulate(map(len, run)))
+            room = rx.limit - rx.queued_bytes
+            count = bisect.bisect_left(sizes, room) + 1
+            if count < len(run):
+                run = run[:count]
+            else:
+                count = len(run)
+            rx.queue.extend(zip(run, itertools.repeat(origin)))
+            queued = rx.queued_bytes + sizes[count - 1]
+            rx.queued_bytes = queued
+            waiters = rx.waiters
+            for _ in range(min(count, len(waiters))):
+                reschedule(waiters.popleft())
+            if queued >= rx.limit:
+                self._remove_candidate(rx)
+            i += count
+        policy.read_done(origin)
+        return i
+
+    def _steer_hold(self) -> None:
+        hold = self.hold
+        policy = self.policy
+        while hold and self.candidates:
+            message, origin = hold[0]
+            picked = policy.pick_socket(None, message)
+            if picked is None:
+                break
+            rx = self._picked(picked)
+            hold.popleft()
+            self._deliver(rx, message, origin)
+        policy.read_done(None)
+
+    # -- streams -----------------------------------------------------------------
+
+    def open_stream(
+        self, life: StreamLife, max_message_size: int, assembly_timeout: float | None
+    ) -> StreamRx:
+        """A new stream's receive side."""
+        return StreamRx(life, max_message_size, assembly_timeout)
+
+    def hold_messages(self, srx: StreamRx) -> None:
+        """A stream leaves: its complete, undelivered messages wait in the mux."""
+        if srx.held:
+            origin = srx.life.handle
+            self.hold.extend((m, origin) for m in srx.held)
+            srx.held = []
+            self._steer_hold()
+
+    def undelivered(self, streams: list[StreamRx]) -> int:
+        """Complete messages that no socket took: in the hold queue and on ``streams``."""
+        return len(self.hold) + sum(len(s.held) for s in streams)
+
+    async def reader(self, srx: StreamRx, fail: FailStream) -> None:
+        """The stream's reader task: reads -> assembler -> :meth:`steer`.
+
+        It reads ``READ_SIZE`` bytes at a time, feeds them to the stream's
+        assembler, and steers the complete messages; what no socket has room
+        for waits on the stream while the reader pauses (:meth:`_pause`).  It
+        enforces ``assembly_timeout`` from a message's first byte.  Any
+        failure -- a read error, end of stream, a header the parser refuses, a
+        timeout -- calls ``fail`` and returns; unattach cancels its scope.
+        """
+        life = srx.life
+        origin = life.handle
+        transport = life.transport
+        assembler = srx.assembler
+        timeout = srx.timeout
+        with srx.scope:
+            while True:
+                if srx.held:
+                    held = srx.held
+                    srx.held = []
+                    done = self.steer(origin, held)
+                    if done < len(held):
+                        srx.held = held[done:]
+                        await self._pause(srx)
+                        if life.phase not in HEALTHY:
+                            return
+                        continue
+                try:
+                    if timeout is None or srx.deadline == math.inf:
+                        data = await transport.receive_some(READ_SIZE)
+                    else:
+                        with trio.move_on_at(srx.deadline) as deadline_scope:
+                            data = await transport.receive_some(READ_SIZE)
+                        if deadline_scope.cancelled_caught:
+                            srx.timeouts += 1
+                            fail(
+                                _errno.ETIMEDOUT,
+                                f"a message took longer than assembly_timeout={timeout}s to arrive",
+                                None,
+                                None,
+                            )
+                            return
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    fail(_errno.EPIPE, f"read failed: {exc!r}", exc, None)
+                    return
+                if life.phase not in HEALTHY:
+                    # Another task failed the stream while this read completed:
+                    # its partial message was already reported, and these bytes
+                    # may start mid-message.  They are not parsed.
+                    return
+                if not data:
+                    fail(_errno.EPIPE, "end of stream (the peer closed it)", None, None)
+                    return
+                before = assembler.bytes
+                try:
+                    messages = assembler.feed(data)
+                except AssemblyError as exc:
+                    self._count(exc.messages, assembler.bytes - before)
+                    srx.held.extend(exc.messages)
+                    fail(exc.errno, str(exc), exc.__cause__, exc.partial)
+                    return
+                if timeout is not None:
+                    if not assembler.partial_size:
+                        srx.deadline = math.inf
+                    elif messages or srx.deadline == math.inf:
+                        # A new message started in this read.
+                        srx.deadline = trio.current_time() + timeout
+                if messages:
+                    self._count(messages, assembler.bytes - before)
+                    done = self.steer(origin, messages)
+                    if done < len(messages):
+                        srx.held = messages[done:]
+
+    def _count(self, messages: list[bytes], nbytes: int) -> None:
+        self.msgs += len(messages)
+        self.bytes += nbytes
+
+    async def _pause(self, srx: StreamRx) -> None:
+        """No socket has room: stop reading until one has (TCP backpressure)."""
+        start = trio.current_time()
+        srx.paused_since = start
+        self.paused_readers += 1
+        try:
+            await self.space.wait()
+        finally:
+            self.paused_readers -= 1
+            srx.paused_since = None
+            paused = trio.current_time() - start
+            srx.paused += paused
+            # Time stopped by us does not count against the peer.
+            srx.deadline += paused

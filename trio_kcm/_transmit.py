@@ -1,0 +1,908 @@
+"""The transmit scheduler: accepted messages -> a stream picked by the policy -> one write.
+
+A message goes through three places, each owned here:
+
+1. a socket's *send buffer* (:class:`SocketTx`): :meth:`Transmitter.send_now`
+   accepts it while the buffer is below its size, else the sender waits in
+   line (:meth:`Transmitter.wait_send`) until written messages free room;
+2. a stream's *queue* (:class:`StreamTx`): the transmit policy picks the
+   stream for each group of messages (one message, a ``send_many``, a
+   ``batch()``), from the exact set of transmit candidates this scheduler
+   keeps; a group that finds no stream waits in its socket's queue, in order;
+3. one *write*: the stream's writer task (:meth:`Transmitter.writer`) joins
+   queued groups into one ``send_all``.  Only it writes -- or, for a plain
+   TCP stream whose writer is idle, the sending task itself, at once, with a
+   non-blocking ``os.write`` (the *eager write*); what the kernel does not
+   take is finished by the writer before anything else.  So two messages never
+   interleave on a stream.
+
+A group leaves a stream's queue only whole (written) or, when the stream
+fails, with its write's other groups as *in doubt* (:meth:`Transmitter.abort`).
+User cancellation reaches only senders still waiting for room: messages that
+were never accepted.
+
+Entry points -- the methods a user's task calls -- are guarded once against
+policy bugs (see ``_bugs.py``) and protected from KeyboardInterrupt, as
+trio's memory channels protect their bookkeeping; the methods they call in
+turn are neither.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple, final
+
+import outcome
+import trio
+from trio.lowlevel import enable_ki_protection
+
+from ._bugs import BugReport
+from ._policy import Policy
+from ._state import Phase
+from ._stream import life_of
+
+if TYPE_CHECKING:
+    from ._socket import KCMSocket
+    from ._stream import AttachedStream, StreamLife
+
+__all__ = ["WRITE_COALESCE", "Batch", "SocketTx", "StreamTx", "Transmitter"]
+
+#: The writer joins queued groups into one write up to about this many bytes.
+WRITE_COALESCE = 256 * 1024
+
+_ACTIVE = Phase.ACTIVE
+_STALLED = Phase.STALLED
+
+
+class Batch:
+    """The messages a task's ``batch()`` block gathered on a socket."""
+
+    __slots__ = ("messages", "nbytes")
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.nbytes = 0
+
+
+class TxGroup:
+    """Messages of one socket that go out together, on one stream."""
+
+    __slots__ = ("messages", "nbytes", "picked_at", "sock")
+
+    #: Sent with ``send_to``: bound to its stream, unknown to the policy.
+    pinned = False
+
+    def __init__(self, sock: SocketTx, messages: list[bytes], nbytes: int) -> None:
+        self.sock = sock
+        self.messages = messages
+        self.nbytes = nbytes
+        self.picked_at = 0.0
+
+
+class PinnedTxGroup(TxGroup):
+    """A group from ``send_to``: it never moves to another stream."""
+
+    __slots__ = ()
+
+    pinned = True
+
+
+class _SendWaiter:
+    __slots__ = ("batch", "messages", "nbytes", "target")
+
+    def __init__(
+        self, messages: list[bytes], nbytes: int, batch: Batch | None, target: StreamTx | None
+    ) -> None:
+        self.messages = messages
+        self.nbytes = nbytes
+        self.batch = batch
+        self.target = target  # send_to: the stream it must go on
+
+
+@final
+class SocketTx:
+    """One socket's transmit side: its send buffer and its line of senders."""
+
+    __slots__ = (
+        "batches",
+        "bytes",
+        "closed",
+        "limit",
+        "msgs",
+        "queue",
+        "queued_bytes",
+        "queued_msgs",
+        "sock",
+        "waiters",
+    )
+
+    def __init__(self, sock: KCMSocket, limit: int) -> None:
+        self.sock = sock
+        self.limit = limit
+        self.closed = False
+        #: Groups that wait for a stream, in the order they were accepted.
+        self.queue: deque[TxGroup] = deque()
+        #: Accepted and not written (or given up): what fills the buffer.
+        self.queued_bytes = 0
+        self.queued_msgs = 0
+        self.waiters: OrderedDict[trio.lowlevel.Task, _SendWaiter] = OrderedDict()
+        self.batches: dict[trio.lowlevel.Task, Batch] = {}
+        self.msgs = 0
+        self.bytes = 0
+
+
+def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
+    """A non-blocking write for a plain :class:`trio.SocketStream`, else ``None``.
+
+    Trio keeps its sockets non-blocking, so a write the kernel can take at
+    once needs no wait.  The file descriptor is asked for at each write: once
+    the socket is closed it is ``-1``, never a number reused by something else.
+    """
+    if os.name != "posix" or type(stream) is not trio.SocketStream:
+        return None
+    sock = stream.socket
+    fd = sock.fileno()
+    if fd < 0 or os.get_blocking(fd):
+        return None
+
+    def send(data: bytes) -> int:
+        fd = sock.fileno()
+        if fd < 0:
+            raise OSError(_errno.EBADF, "the socket is closed")
+        return os.write(fd, data)
+
+    return send
+
+
+@final
+class StreamTx:
+    """One stream's transmit side: its queue, the write in flight, its counters."""
+
+    __slots__ = (
+        "aborts",
+        "bytes",
+        "eager_send",
+        "inflight",
+        "life",
+        "lot",
+        "msgs",
+        "owners",
+        "pending",
+        "queued_bytes",
+        "queued_msgs",
+        "reserved",
+        "rest",
+        "unreserved",
+        "window",
+    )
+
+    def __init__(self, life: StreamLife) -> None:
+        self.life = life
+        self.pending: deque[TxGroup] = deque()
+        self.queued_bytes = 0
+        self.queued_msgs = 0
+        #: The groups of the write in progress (the same list object while it
+        #: lasts: the stall watchdog compares it), or None.
+        self.inflight: list[TxGroup] | None = None
+        #: What is left of a write the sending task began, and its size.
+        self.rest: tuple[memoryview, int] | None = None
+        self.eager_send = _eager_sender(life.transport)
+        #: The sending task wrote to it itself and has not yet passed its
+        #: schedule point (:meth:`Transmitter.end_send`).
+        self.window = False
+        #: Sockets with groups queued or in flight here (policy-picked), and
+        #: how many: a socket's *burst* on this stream.
+        self.owners: dict[SocketTx, int] = {}
+        self.lot = trio.lowlevel.ParkingLot()  # the idle writer parks here
+        self.msgs = 0
+        self.bytes = 0
+        self.reserved = 0
+        self.unreserved = 0
+        self.aborts = 0
+
+
+class Aborted(NamedTuple):
+    """What a failed stream's transmit side leaves (see :meth:`Transmitter.abort`)."""
+
+    in_doubt: tuple[bytes, ...]  # its write in progress
+    unsent: tuple[bytes, ...]  # sent to it with send_to, not started
+    retry: list[TxGroup]  # not started: for other streams
+    inflight: list[TxGroup]  # in doubt, the policy's: retried or given up
+    lost: list[TxGroup]  # send_to groups: given up
+
+
+def _collect(pending: deque[TxGroup]) -> tuple[list[TxGroup], int, bytes]:
+    """Take the next write off a stream's queue: whole groups, up to ~WRITE_COALESCE."""
+    group = pending.popleft()
+    groups = [group]
+    size = group.nbytes
+    while pending and size < WRITE_COALESCE:
+        group = pending.popleft()
+        groups.append(group)
+        size += group.nbytes
+    if len(groups) == 1 and len(groups[0].messages) == 1:
+        data = groups[0].messages[0]
+    else:
+        data = b"".join([m for g in groups for m in g.messages])
+    return groups, size, data
+
+
+def _split_pinned(groups: Iterable[TxGroup]) -> tuple[list[TxGroup], list[TxGroup]]:
+    """``groups`` as (the policy's, those sent to their stream with ``send_to``)."""
+    groups = list(groups)
+    plain = [g for g in groups if not g.pinned]
+    return plain, ([g for g in groups if g.pinned] if len(plain) < len(groups) else [])
+
+
+@final
+class Transmitter:
+    """The transmit scheduler of one mux: its policy, candidates, buffers and writers."""
+
+    __slots__ = (
+        "bugs",
+        "bytes",
+        "candidates",
+        "eager",
+        "eager_ok",
+        "msgs",
+        "outstanding",
+        "owner",
+        "policy",
+        "progress",
+        "retries",
+        "sockets",
+        "streams",
+        "timed",
+        "waiting",
+        "windows",
+    )
+
+    def __init__(self, owner: object, policy: Policy, bugs: BugReport) -> None:
+        self.owner = owner  # the mux, to tell its handles from others'
+        self.policy = policy
+        self.bugs = bugs
+        # Only a policy that overrides written() needs each group timed.
+        self.timed = getattr(type(policy), "written", None) is not Policy.written
+        #: The transmit candidates, exactly: attached, healthy, not stalled,
+        #: not unattaching, the mux not closing.
+        self.candidates: dict[AttachedStream, StreamTx] = {}
+        self.streams: dict[StreamTx, None] = {}
+        self.sockets: dict[SocketTx, None] = {}
+        #: Sockets with groups waiting for a stream.
+        self.waiting: OrderedDict[SocketTx, None] = OrderedDict()
+        self.outstanding = 0  # bytes accepted and not written (or given up)
+        # Idle streams the sending task may write to at once (_write_eagerly);
+        # noted only while send_now is accepting (eager_ok).
+        self.eager: list[StreamTx] = []
+        self.eager_ok = False
+        # Streams a sending task wrote to itself, until its schedule point.
+        self.windows: list[StreamTx] = []
+        #: Set at each step towards an empty mux, while closing waits for one.
+        self.progress: trio.Event | None = None
+        self.msgs = 0
+        self.bytes = 0
+        self.retries = 0
+
+    # -- sockets -----------------------------------------------------------------
+
+    def open_socket(self, sock: KCMSocket, limit: int) -> SocketTx:
+        """A new socket's transmit side."""
+        tx = SocketTx(sock, limit)
+        self.sockets[tx] = None
+        return tx
+
+    @enable_ki_protection
+    def close_socket(self, tx: SocketTx) -> None:
+        """Senders still waiting get ClosedResourceError; what was accepted goes out."""
+        tx.closed = True
+        self.sockets.pop(tx, None)
+        while tx.waiters:
+            task, _ = tx.waiters.popitem(last=False)
+            trio.lowlevel.reschedule(task, _closed_error())
+        try:
+            for batch in list(tx.batches.values()):
+                self._flush(tx, batch)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+
+    # -- accepting ---------------------------------------------------------------
+
+    @enable_ki_protection
+    def try_send(self, tx: SocketTx, messages: list[bytes], nbytes: int) -> bool:
+        """Accept a group now if the buffer allows; False if the sender must wait."""
+        try:
+            return self._try_send(tx, messages, nbytes)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+
+    def _try_send(self, tx: SocketTx, messages: list[bytes], nbytes: int) -> bool:
+        batch = tx.batches.get(trio.lowlevel.current_task()) if tx.batches else None
+        if tx.waiters or tx.queued_bytes >= tx.limit:
+            if batch is None or not batch.messages:
+                return False
+            # Flush what the batch gathered before waiting for memory.
+            self._flush(tx, batch)
+            if tx.waiters or tx.queued_bytes >= tx.limit:
+                return False
+        self._accept(tx, messages, nbytes, batch)
+        return True
+
+    @enable_ki_protection
+    def try_send_to(
+        self, tx: SocketTx, target: AttachedStream, messages: list[bytes], nbytes: int
+    ) -> bool:
+        """Accept a group for ``target`` now if the buffer allows; False: wait.
+
+        Raises:
+          ValueError, trio.BrokenResourceError, trio.ClosedResourceError: See
+            :meth:`check_target`.
+
+        """
+        stx = self.check_target(target)
+        if tx.waiters or tx.queued_bytes >= tx.limit:
+            return False
+        try:
+            self._accept_to(tx, stx, messages, nbytes)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+        return True
+
+    @enable_ki_protection
+    def send_now(
+        self,
+        tx: SocketTx,
+        messages: list[bytes],
+        nbytes: int,
+        target: AttachedStream | None = None,
+    ) -> bool:
+        """Accept a group now if the buffer allows (False: the sender must wait).
+
+        For the async send methods: what this queued on an idle TCP stream is
+        then written at once, from the sending task (:meth:`_write_eagerly`).
+
+        Raises:
+          ValueError, trio.BrokenResourceError, trio.ClosedResourceError: For
+            ``target``, see :meth:`check_target`.
+
+        """
+        stx = None if target is None else self.check_target(target)
+        accepted = False
+        self.eager_ok = True
+        try:
+            try:
+                if stx is None:
+                    accepted = self._try_send(tx, messages, nbytes)
+                elif not (tx.waiters or tx.queued_bytes >= tx.limit):
+                    self._accept_to(tx, stx, messages, nbytes)
+                    accepted = True
+            finally:
+                self.eager_ok = False
+                if self.eager:
+                    self._write_eagerly()
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+        finally:
+            if not accepted and self.windows:
+                # The sender will wait (or raise): a schedule point anyway.
+                self.close_windows()
+        return accepted
+
+    def hold(self, tx: SocketTx, batch: Batch, message: bytes) -> None:
+        """Accept one message into ``batch`` (the caller checked there is room)."""
+        n = len(message)
+        tx.queued_bytes += n
+        tx.queued_msgs += 1
+        tx.msgs += 1
+        tx.bytes += n
+        self.outstanding += n
+        batch.messages.append(message)
+        batch.nbytes += n
+
+    async def wait_send(
+        self,
+        tx: SocketTx,
+        messages: list[bytes],
+        nbytes: int,
+        target: AttachedStream | None = None,
+    ) -> None:
+        """Wait in line until the group is accepted (by a task that freed room).
+
+        Cancelled, the sender leaves the line: its messages were never accepted.
+        """
+        task = trio.lowlevel.current_task()
+        stx = None if target is None else life_of(target).tx
+        # send_to is not held by batch().
+        batch = tx.batches.get(task) if stx is None and tx.batches else None
+        tx.waiters[task] = _SendWaiter(messages, nbytes, batch, stx)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            # Not accepted yet: withdrawing is leaving the line.
+            tx.waiters.pop(task, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def end_send(self) -> None:
+        """An accepted send's schedule point; then the windows it opened close.
+
+        A stream the sending task wrote to itself keeps a *window* open until
+        then: sends to it from other tasks in the meantime (the same run of the
+        scheduler, typically) are queued and wake its writer, which writes them
+        all together, rather than each making a write of its own.
+        """
+        if not self.windows:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        opened, self.windows = self.windows, []
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            for stx in opened:
+                stx.window = False
+
+    def close_windows(self) -> None:
+        """Close the windows of a send that has no schedule point (in ``batch()``)."""
+        opened, self.windows = self.windows, []
+        for stx in opened:
+            stx.window = False
+
+    @enable_ki_protection
+    def flush_batch(self, tx: SocketTx, batch: Batch) -> None:
+        """A ``batch()`` block ended: its messages go to a stream as one group."""
+        try:
+            self._flush(tx, batch)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+
+    def _flush(self, tx: SocketTx, batch: Batch) -> None:
+        if batch.messages:
+            group = TxGroup(tx, batch.messages, batch.nbytes)
+            batch.messages = []
+            batch.nbytes = 0
+            self._dispatch(tx, group)
+
+    def _count_accepted(self, tx: SocketTx, n: int, nbytes: int) -> None:
+        tx.queued_bytes += nbytes
+        tx.queued_msgs += n
+        tx.msgs += n
+        tx.bytes += nbytes
+        self.outstanding += nbytes
+
+    def _accept(
+        self, tx: SocketTx, messages: list[bytes], nbytes: int, batch: Batch | None
+    ) -> None:
+        self._count_accepted(tx, len(messages), nbytes)
+        if batch is not None:
+            batch.messages.extend(messages)
+            batch.nbytes += nbytes
+        else:
+            self._dispatch(tx, TxGroup(tx, messages, nbytes))
+
+    def _wake_senders(self, tx: SocketTx) -> None:
+        """Hand freed send-buffer space to waiting senders, first come first served."""
+        waiters = tx.waiters
+        while waiters and tx.queued_bytes < tx.limit:
+            task, waiter = waiters.popitem(last=False)
+            target = waiter.target
+            if target is None:
+                self._accept(tx, waiter.messages, waiter.nbytes, waiter.batch)
+            else:
+                error = self._target_error(target.life)
+                if error is not None:
+                    trio.lowlevel.reschedule(task, outcome.Error(error))
+                    continue
+                self._accept_to(tx, target, waiter.messages, waiter.nbytes)
+            trio.lowlevel.reschedule(task)
+
+    # -- pinned to a stream (send_to) --------------------------------------------
+
+    def check_target(self, handle: AttachedStream) -> StreamTx:
+        """Return the stream ``send_to`` may send on; else raise what it raises.
+
+        Raises:
+          ValueError: ``handle`` is not a stream of this mux.
+          trio.BrokenResourceError: It failed (its error is ``__cause__``).
+          trio.ClosedResourceError: It was (or is being) unattached.
+
+        """
+        life = life_of(handle)
+        if life.owner is not self.owner:
+            raise ValueError(f"{handle!r} is not attached to this mux")
+        error = self._target_error(life)
+        if error is not None:
+            raise error
+        return life.tx
+
+    @staticmethod
+    def _target_error(life: StreamLife) -> BaseException | None:
+        phase = life.phase
+        if phase is _ACTIVE or phase is _STALLED:
+            return None
+        if phase is Phase.FAILED or phase is Phase.DISCARDED:
+            error = trio.BrokenResourceError(f"{life.handle!r} failed")
+            error.__cause__ = life.error
+            return error
+        return trio.ClosedResourceError(f"{life.handle!r} was unattached")
+
+    def _accept_to(self, tx: SocketTx, stx: StreamTx, messages: list[bytes], nbytes: int) -> None:
+        """Accept a group for ``stx``: queued there, whatever the policy thinks.
+
+        The policy neither picks it nor hears of it (no ``written``, no
+        ``released``); its bytes count in ``handle.tx_queued_bytes``.
+        """
+        n = len(messages)
+        self._count_accepted(tx, n, nbytes)
+        # Not timed: the policy never hears of it (picked_at is for written()).
+        stx.pending.append(PinnedTxGroup(tx, messages, nbytes))
+        stx.queued_bytes += nbytes
+        stx.queued_msgs += n
+        self._wake_writer(stx)
+
+    def _reject_senders_to(self, stx: StreamTx) -> None:
+        """Senders waiting to send_to a stream that failed or is leaving get its error."""
+        for tx in list(self.sockets):
+            waiters = tx.waiters
+            if not waiters:
+                continue
+            for task, waiter in list(waiters.items()):
+                if waiter.target is stx:
+                    del waiters[task]
+                    error = self._target_error(stx.life)  # one per task: tracebacks
+                    assert error is not None  # failed or leaving
+                    trio.lowlevel.reschedule(task, outcome.Error(error))
+            # Those that were behind them may fit now.
+            if waiters:
+                self._wake_senders(tx)
+
+    # -- scheduling --------------------------------------------------------------
+
+    def _pick(self, tx: SocketTx, group: TxGroup) -> StreamTx | None:
+        """Ask the policy; return the picked candidate's side, or None for "none now"."""
+        picked = self.policy.pick_stream(tx.sock, group.messages, group.nbytes)
+        if picked is None:
+            return None
+        try:
+            return self.candidates[picked]
+        except (KeyError, TypeError):
+            raise RuntimeError(
+                f"policy {self.policy!r} picked {picked!r}, which is not a transmit candidate"
+            ) from None
+
+    def _dispatch(self, tx: SocketTx, group: TxGroup) -> None:
+        if tx.queue or not self.candidates:
+            # Keep the socket's order: behind what already waits for a stream.
+            tx.queue.append(group)
+            self.waiting[tx] = None
+            if self.candidates:
+                self._drain_queue(tx)
+            return
+        stx = self._pick(tx, group)
+        if stx is None:
+            tx.queue.append(group)
+            self.waiting[tx] = None
+            return
+        self._assign(stx, group)
+
+    def _assign(self, stx: StreamTx, group: TxGroup) -> None:
+        if self.timed:
+            group.picked_at = trio.current_time()
+        stx.pending.append(group)
+        stx.queued_bytes += group.nbytes
+        stx.queued_msgs += len(group.messages)
+        owners = stx.owners
+        tx = group.sock
+        count = owners.get(tx, 0)
+        if not count:
+            stx.reserved += 1
+        owners[tx] = count + 1
+        self._wake_writer(stx)
+
+    def _drain_queue(self, tx: SocketTx) -> bool:
+        """Dispatch a socket's waiting groups in order; True if none is left."""
+        queue = tx.queue
+        while queue:
+            stx = self._pick(tx, queue[0])
+            if stx is None:
+                return False
+            self._assign(stx, queue.popleft())
+        self.waiting.pop(tx, None)
+        return True
+
+    def _dispatch_waiting(self) -> None:
+        if self.candidates:
+            for tx in list(self.waiting):
+                self._drain_queue(tx)
+
+    def _take_pending(self, stx: StreamTx, *, pinned: bool = True) -> list[TxGroup]:
+        """Remove the groups queued on a stream that are not being written.
+
+        With ``pinned=False``, groups sent to it with ``send_to`` stay.
+        """
+        pending = stx.pending  # in place: the writer holds it
+        if pinned:
+            groups = list(pending)
+            pending.clear()
+        else:
+            groups, keep = _split_pinned(pending)
+            pending.clear()
+            pending.extend(keep)
+        for group in groups:
+            stx.queued_bytes -= group.nbytes
+            stx.queued_msgs -= len(group.messages)
+        return groups
+
+    def requeue(self, groups: list[TxGroup]) -> None:
+        """Put groups back at the head of their sockets' queues and pick again."""
+        if not groups:
+            return
+        for group in reversed(groups):
+            group.sock.queue.appendleft(group)
+            self.waiting[group.sock] = None
+            self.retries += len(group.messages)
+        self._dispatch_waiting()
+
+    def _give_up(self, groups: list[TxGroup]) -> None:
+        """Messages that will not be sent: free their buffer space."""
+        for group in groups:
+            tx = group.sock
+            tx.queued_bytes -= group.nbytes
+            tx.queued_msgs -= len(group.messages)
+            self.outstanding -= group.nbytes
+            if tx.waiters:
+                self._wake_senders(tx)
+
+    # -- streams: candidacy and leaving ------------------------------------------
+
+    def open_stream(self, life: StreamLife) -> StreamTx:
+        """A new stream's transmit side (not a candidate yet: see add_candidate)."""
+        stx = StreamTx(life)
+        self.streams[stx] = None
+        return stx
+
+    def add_candidate(self, stx: StreamTx) -> None:
+        """The policy gets the stream (again); messages waiting for one go out."""
+        handle = stx.life.handle
+        self.candidates[handle] = stx
+        self.policy.stream_added(handle)
+        self._dispatch_waiting()
+        if self.progress is not None:
+            self.progress.set()
+
+    def remove_candidate(self, stx: StreamTx) -> None:
+        """The policy loses the stream; its bursts end."""
+        handle = stx.life.handle
+        if self.candidates.pop(handle, None) is not None:
+            stx.unreserved += len(stx.owners)
+            stx.owners.clear()
+            self.policy.stream_removed(handle)
+            if self.progress is not None:
+                self.progress.set()
+
+    def leave(self, stx: StreamTx) -> None:
+        """The stream is being unattached: what the policy queued there goes elsewhere.
+
+        Messages sent to it with ``send_to`` stay: they are written first, and
+        senders waiting to ``send_to`` it get ClosedResourceError.
+        """
+        self.remove_candidate(stx)
+        self.requeue(self._take_pending(stx, pinned=False))
+        self._reject_senders_to(stx)
+        stx.lot.unpark_all()
+
+    def stall(self, stx: StreamTx) -> list[TxGroup]:
+        """The stream stalled: not a candidate; return its groups that may move."""
+        self.remove_candidate(stx)
+        return self._take_pending(stx, pinned=False)
+
+    def abort(self, stx: StreamTx) -> Aborted:
+        """The stream failed: take everything off it (see :meth:`reroute`)."""
+        self.remove_candidate(stx)
+        inflight = stx.inflight or []
+        stx.inflight = None
+        stx.rest = None
+        if inflight:
+            stx.aborts += 1
+            for group in inflight:
+                stx.queued_bytes -= group.nbytes
+                stx.queued_msgs -= len(group.messages)
+        in_doubt = tuple(m for g in inflight for m in g.messages)
+        # Groups sent to this stream with send_to go nowhere else: those not
+        # started are unsent, those in flight are in doubt; neither is retried.
+        retry, lost = _split_pinned(self._take_pending(stx))
+        unsent = tuple(m for g in lost for m in g.messages)
+        inflight, lost_inflight = _split_pinned(inflight)
+        return Aborted(in_doubt, unsent, retry, inflight, lost + lost_inflight)
+
+    def reroute(self, stx: StreamTx, aborted: Aborted, *, retry_in_doubt: bool) -> None:
+        """After :meth:`abort` (and the stream's error is set): retry or give up."""
+        if retry_in_doubt:
+            self.requeue(aborted.inflight + aborted.retry)
+        else:
+            # Requeue first: space freed by giving up wakes senders, whose
+            # messages must queue behind the retried ones.
+            self.requeue(aborted.retry)
+            self._give_up(aborted.inflight)
+        self._give_up(aborted.lost)
+        self._reject_senders_to(stx)
+
+    def close_stream(self, stx: StreamTx) -> None:
+        """The stream left the mux."""
+        self.streams.pop(stx, None)
+        if self.progress is not None:
+            self.progress.set()
+
+    # -- writing -----------------------------------------------------------------
+
+    def _wake_writer(self, stx: StreamTx) -> None:
+        lot = stx.lot
+        if lot:
+            if self.eager_ok and not stx.window and stx.eager_send is not None:
+                # The writer is idle: the sending task writes at once
+                # (_write_eagerly), and wakes the writer only if it must.
+                self.eager.append(stx)
+            else:
+                lot.unpark()
+
+    def _write_eagerly(self) -> None:
+        """Write, from the sending task, what was just queued on idle streams.
+
+        Called by :meth:`send_now` right after it tried to accept, whatever
+        came of it: a stream noted here was not woken, so its writer is woken
+        now unless this writes all it has.  A write that the kernel takes whole
+        is done here and then, and opens a window (see :meth:`end_send`);
+        what the kernel does not take is left to the stream's writer task,
+        which finishes that write before any other (so the message stays
+        whole).  An error is left to the writer too: it will meet it again and
+        fail the stream as usual.
+        """
+        eager = self.eager
+        try:
+            while eager:
+                stx = eager.pop()
+                pending = stx.pending
+                phase = stx.life.phase
+                if (
+                    not pending
+                    or stx.inflight is not None
+                    or (phase is not _ACTIVE and phase is not _STALLED)
+                    or stx.eager_send is None
+                ):
+                    if pending and stx.lot:
+                        stx.lot.unpark()
+                    continue
+                groups, size, data = _collect(pending)
+                stx.inflight = groups
+                try:
+                    sent = stx.eager_send(data)
+                except OSError:  # BlockingIOError included
+                    sent = 0
+                if sent == len(data):
+                    stx.inflight = None
+                    stx.window = True
+                    self.windows.append(stx)
+                    self._written(stx, groups, size)
+                else:
+                    stx.rest = (memoryview(data)[sent:], size)
+                    if stx.lot:
+                        stx.lot.unpark()
+        finally:
+            for stx in eager:
+                if stx.lot:
+                    stx.lot.unpark()
+            eager.clear()
+
+    async def writer(self, stx: StreamTx, fail: Callable[[BaseException], None]) -> None:
+        """The stream's writer task: its queue -> one ``send_all`` per batch of groups.
+
+        It parks while the queue is empty; whoever queues wakes it (or writes
+        eagerly instead).  It finishes a write the sending task began before
+        anything else.  A failed write calls ``fail`` (which fails the
+        stream and cancels this task's scope); it returns when the stream is
+        unattaching and nothing is left to write.  It is never cancelled by a
+        user: only by its stream's failure or the mux closing.
+        """
+        pending = stx.pending
+        transport = stx.life.transport
+        while True:
+            data: bytes | memoryview
+            if stx.rest is not None:
+                # The rest of a write the sending task began (_write_eagerly).
+                data, size = stx.rest
+                stx.rest = None
+                groups = stx.inflight
+                assert groups is not None
+            elif not pending:
+                if stx.life.phase is Phase.UNATTACHING:
+                    return
+                await stx.lot.park()
+                stx.window = False
+                continue
+            else:
+                groups, size, data = _collect(pending)
+                stx.inflight = groups
+            try:
+                await transport.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                fail(exc)
+                return
+            if stx.inflight is not groups:
+                # The stream failed meanwhile; abort() took these as in doubt.
+                return
+            stx.inflight = None
+            self._written(stx, groups, size)
+
+    def _written(self, stx: StreamTx, groups: list[TxGroup], size: int) -> None:
+        """A write completed: count it, free the buffer space, tell the policy."""
+        timed = self.timed
+        now = trio.current_time() if timed else 0.0
+        nmsgs = 0
+        policy = self.policy
+        owners = stx.owners
+        handle = stx.life.handle
+        candidate = handle in self.candidates
+        stx.queued_bytes -= size
+        stx.bytes += size
+        self.bytes += size
+        self.outstanding -= size
+        for group in groups:
+            tx = group.sock
+            n = len(group.messages)
+            nmsgs += n
+            tx.queued_bytes -= group.nbytes
+            tx.queued_msgs -= n
+            # The policy hears nothing more of a removed stream, nor of send_to.
+            if candidate and not group.pinned:
+                if timed:
+                    policy.written(handle, tx.sock, group.nbytes, now - group.picked_at)
+                count = owners[tx] - 1
+                if count:
+                    owners[tx] = count
+                else:
+                    del owners[tx]
+                    stx.unreserved += 1
+                    policy.released(handle, tx.sock)
+            if tx.waiters:
+                self._wake_senders(tx)
+        stx.queued_msgs -= nmsgs
+        stx.msgs += nmsgs
+        self.msgs += nmsgs
+        if self.waiting:
+            self._dispatch_waiting()
+        if self.progress is not None:
+            self.progress.set()
+
+    # -- closing -----------------------------------------------------------------
+
+    def stalled_writes(self) -> bool:
+        """Whether a stalled stream still has a write in progress."""
+        return any(s.life.phase is _STALLED and s.inflight for s in self.streams)
+
+    async def drain(self) -> None:
+        """Wait until what was accepted is written, or nothing can write it."""
+        try:
+            while self.outstanding > 0 and (self.candidates or self.stalled_writes()):
+                self.progress = trio.Event()
+                await self.progress.wait()
+        finally:
+            self.progress = None
+
+    def unsent(self) -> int:
+        """Accepted messages not written: waiting for a stream, queued, in flight."""
+        dropped = sum(len(g.messages) for tx in self.waiting for g in tx.queue)
+        for stx in self.streams:
+            groups = list(stx.pending) + list(stx.inflight or ())
+            dropped += sum(len(g.messages) for g in groups)
+        return dropped
+
+
+def _closed_error() -> outcome.Error:
+    # A new exception for each task: a raised exception collects its traceback.
+    return outcome.Error(trio.ClosedResourceError("the KCM socket was closed"))
