@@ -232,3 +232,91 @@ async def test_any_exception_from_a_policy_comes_out_of_open_mux(
                     with pytest.raises(expected):
                         sock.disable_receive()
                 await trio.testing.wait_all_tasks_blocked()
+
+
+@pytest.mark.parametrize("wrong", ["a string", 7, [1, 2]], ids=["str", "int", "list"])
+async def test_a_pick_socket_that_is_not_a_socket_is_the_documented_error(wrong: Any) -> None:
+    # Not an AttributeError from inside the mux: the RuntimeError naming the
+    # policy that the Policy docs promise for any pick that is not a candidate.
+    class Wrong(RoundRobin):
+        def pick_socket(self, stream: Any, message: bytes, /) -> Any:
+            return wrong
+
+    policy = Wrong()
+    with (
+        trio.fail_after(10),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(RuntimeError, match=r"policy <.*Wrong.*> picked .*not a receive"),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with trio_kcm.open_mux(parser=P, policy=policy) as mux:
+            ours, peer = trio.testing.memory_stream_pair()
+            mux.attach(ours)
+            sock = mux.socket()
+            await peer.send_all(frame(b"x"))
+            await sock.receive()
+            pytest.fail("a message was delivered")  # pragma: no cover
+
+
+@pytest.mark.parametrize("wrong", ["a string", 7, [1, 2]], ids=["str", "int", "list"])
+async def test_a_pick_stream_that_is_not_a_stream_is_the_documented_error(wrong: Any) -> None:
+    class Wrong(RoundRobin):
+        def pick_stream(self, sock: Any, messages: Sequence[bytes], nbytes: int, /) -> Any:
+            return wrong
+
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(RuntimeError, match=r"policy <.*Wrong.*> picked .*not a transmit"),
+        flatten_subgroups=True,
+    ):
+        async with trio_kcm.open_mux(parser=P, policy=Wrong()) as mux:
+            ours, _peer = trio.testing.memory_stream_pair()
+            mux.attach(ours)
+            with pytest.raises(RuntimeError, match="not a transmit candidate"):
+                await mux.socket().send(frame(b"x"))
+
+
+async def test_a_policy_raising_in_a_batch_flush_comes_out_once() -> None:
+    # A send inside batch() that finds the send buffer full flushes what the
+    # batch gathered first; the pick for that flush raises.  The guard used
+    # to be nested there (the flush and the send each reported it), so
+    # open_mux raised a group holding the same exception twice.
+    class Raises(RoundRobin):
+        def pick_stream(self, sock: Any, messages: Sequence[bytes], nbytes: int, /) -> Any:
+            raise ZeroDivisionError("pick_stream bug")
+
+    with pytest.RaisesGroup(pytest.RaisesExc(ZeroDivisionError), flatten_subgroups=True) as info:
+        async with trio_kcm.open_mux(parser=P, policy=Raises()) as mux:
+            ours, _peer = trio.testing.memory_stream_pair()
+            mux.attach(ours)
+            sock = mux.socket(send_buffer_size=10)
+            with pytest.raises(ZeroDivisionError):
+                async with sock.batch():
+                    await sock.send(frame(b"one"))  # held: 7 of 10 bytes
+                    await sock.send(frame(b"two"))  # held: the buffer is full now
+                    await sock.send(frame(b"three"))  # full: the batch is flushed first
+    zeros = [e for e in _leaves(info.value) if isinstance(e, ZeroDivisionError)]
+    assert len(zeros) == 1, repr(info.value)
+
+
+async def test_one_policy_object_serves_one_open_mux() -> None:
+    policy = RoundRobin()
+    async with trio_kcm.open_mux(parser=P, policy=policy) as first:
+        with pytest.raises(ValueError, match="already serves another open mux"):
+            async with trio_kcm.open_mux(parser=P, policy=policy):
+                pytest.fail("a second mux shares the policy")  # pragma: no cover
+        with pytest.raises(ValueError, match="already serves another open mux"):
+            async with trio_kcm.open_mux(parser=P, rx_policy=policy, tx_policy="round-robin"):
+                pass  # pragma: no cover
+        # The first mux is untouched: its streams and sockets go on.
+        ours, peer = trio.testing.memory_stream_pair()
+        first.attach(ours)
+        sock = first.socket()
+        await peer.send_all(frame(b"still"))
+        assert await sock.receive() == frame(b"still")
+    # Both sides of one mux may share it; once the mux closed, it is free.
+    async with trio_kcm.open_mux(parser=P, rx_policy=policy, tx_policy=policy) as again:
+        ours, peer = trio.testing.memory_stream_pair()
+        again.attach(ours)
+        await again.socket().send(frame(b"again"))
+        assert await read_frames(PeerReader(peer), 1) == [frame(b"again")]

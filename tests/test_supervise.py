@@ -207,8 +207,17 @@ async def test_an_unattached_stream_is_replaced_at_once(autojump_clock: trio.abc
         await trio.testing.wait_all_tasks_blocked()
         assert trio.current_time() == before
         assert len(mux.streams) == 1 and mux.streams[0] is not first
-        sched = reconnects(events_of(mux))
+        events = events_of(mux)
+        sched = reconnects(events)
         assert [(e.stream, e.attempt, e.delay, e.cause) for e in sched] == [(first, 0, 0.0, None)]
+        # In the order the docs give: it left, then its replacement was scheduled.
+        # (The supervisor used to wake when the stream's tasks ended, before
+        # unattach released it: ReconnectScheduled came first.)
+        assert [type(e) for e in events] == [
+            trio_kcm.StreamUnattached,
+            trio_kcm.ReconnectScheduled,
+            trio_kcm.StreamAttached,
+        ]
     await factory.made[0].aclose()  # handed back: ours to close
 
 
