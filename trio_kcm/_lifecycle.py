@@ -71,6 +71,7 @@ class Lifecycle:
         "attaches",
         "auto_close",
         "bugs",
+        "clock",
         "close_timeout",
         "closing",
         "closing_event",
@@ -101,8 +102,10 @@ class Lifecycle:
         retry_in_doubt: bool,
         close_timeout: float,
         tx_stall_timeout: float | None,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.owner = owner
+        self.clock = clock  # stamps events: trio's, or a harness's
         self.transmit = transmit
         self.receive = receive
         self.bugs = bugs
@@ -145,7 +148,6 @@ class Lifecycle:
         assembly_timeout: float | None,
     ) -> AttachedStream:
         """Attach ``transport``: start its task, offer it for transmit, announce it."""
-        assert self.nursery is not None
         life = StreamLife(self.owner, transport, parser, lowest_free(self.indices))
         life.tx = self.transmit.open_stream(life)
         life.rx = self.receive.open_stream(life, max_message_size, assembly_timeout)
@@ -153,13 +155,14 @@ class Lifecycle:
         _attached[id(transport)] = handle
         self.streams[handle] = life
         self.attaches += 1
-        self.nursery.start_soon(self.run, life)
+        if self.nursery is not None:  # None: a harness drives it (trio_kcm.testing)
+            self.nursery.start_soon(self.run, life)
         try:
             self.transmit.add_candidate(life.tx)
         except BaseException as exc:
             self.bugs.report(exc)
             raise
-        self.events.put(StreamAttached(handle, trio.current_time()))
+        self.events.put(StreamAttached(handle, self.clock()))
         logger.info("attached %r", handle)
         return handle
 
@@ -294,7 +297,7 @@ class Lifecycle:
         self.transmit.reroute(life.tx, aborted, retry_in_doubt=self.retry_in_doubt)
         self.receive.hold_messages(life.rx)
         self.errors.put(error)
-        self.events.put(StreamFailed(life.handle, error, trio.current_time()))
+        self.events.put(StreamFailed(life.handle, error, self.clock()))
         life.scope.cancel()
         logger.warning("%r failed: %s", life.handle, error)
 
@@ -306,13 +309,7 @@ class Lifecycle:
         if life.phase is Phase.UNATTACHING:
             raise trio.BusyResourceError(f"{handle!r} is already being unattached")
         if life.phase in HEALTHY:
-            life.phase = transition(life.phase, Phase.UNATTACHING)
-            try:
-                self.transmit.leave(life.tx)
-            except BaseException as exc:
-                self.bugs.report(exc)
-                raise
-            life.rx.scope.cancel()
+            self.begin_unattach(life)
             stx = life.tx
             if stx.inflight is None and not stx.pending:
                 # No write to wait for: the tasks end at their next checkpoint.
@@ -334,21 +331,38 @@ class Lifecycle:
                     # stays pending for the caller's next checkpoint.
                     with trio.CancelScope(shield=True):
                         await life.done.wait()
-            if life.phase is Phase.UNATTACHING:
-                life.unread = life.rx.assembler.take_partial()
-                try:
-                    self.receive.hold_messages(life.rx)
-                except BaseException as exc:
-                    self.bugs.report(exc)
-                    raise
-                self.release(life, closed=False)
-                logger.info("unattached %r", handle)
+            # (The phase may have moved while this waited: mypy cannot know.)
+            if life.phase is Phase.UNATTACHING:  # type: ignore[comparison-overlap]
+                self.end_unattach(life)
                 return life.transport
         await life.done.wait()
         if life.phase is Phase.CLOSED:
             raise trio.ClosedResourceError("the mux is closed: it closed its streams")
         self.release(life, closed=False)
         return life.transport
+
+    @enable_ki_protection
+    def begin_unattach(self, life: StreamLife) -> None:
+        """Unattach, first step: no new messages; the reader stops, the writer finishes."""
+        life.phase = transition(life.phase, Phase.UNATTACHING)
+        try:
+            self.transmit.leave(life.tx)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+        life.rx.scope.cancel()
+
+    @enable_ki_protection
+    def end_unattach(self, life: StreamLife) -> None:
+        """Unattach, last step (the stream's tasks ended): hand it back."""
+        life.unread = life.rx.assembler.take_partial()
+        try:
+            self.receive.hold_messages(life.rx)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
+        self.release(life, closed=False)
+        logger.info("unattached %r", life.handle)
 
     def release(self, life: StreamLife, *, closed: bool) -> None:
         """The stream leaves the mux: handed back (``closed=False``) or closed by it."""
@@ -362,7 +376,7 @@ class Lifecycle:
         else:
             life.phase = transition(phase, Phase.UNATTACHED)
         handle = life.handle
-        self.events.put(StreamUnattached(handle, closed, trio.current_time()))
+        self.events.put(StreamUnattached(handle, closed, self.clock()))
         self.streams.pop(handle, None)
         self.indices.discard(life.index)
         if _attached.get(id(life.transport)) is handle:

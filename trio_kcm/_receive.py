@@ -171,7 +171,7 @@ class Receiver:
         self.candidates[rx.sock] = rx
         self.policy.socket_added(rx.sock)
         if self.hold:
-            self._steer_hold()
+            self.steer_hold()
         if self.paused_readers and self.candidates:
             self.space.set()
 
@@ -225,7 +225,7 @@ class Receiver:
             self.policy.socket_drained(rx.sock, nbytes)
             # Ahead of messages that were already waiting in the mux.
             self.hold.extendleft(reversed(entries))
-            self._steer_hold()
+            self.steer_hold()
 
     # -- taking ------------------------------------------------------------------
 
@@ -356,7 +356,7 @@ class Receiver:
         policy.read_done(origin)
         return i
 
-    def _steer_hold(self) -> None:
+    def steer_hold(self) -> None:
         hold = self.hold
         policy = self.policy
         while hold and self.candidates:
@@ -383,7 +383,7 @@ class Receiver:
             origin = srx.life.handle
             self.hold.extend((m, origin) for m in srx.held)
             srx.held = []
-            self._steer_hold()
+            self.steer_hold()
 
     def undelivered(self, streams: list[StreamRx]) -> int:
         """Complete messages that no socket took: in the hold queue and on ``streams``."""

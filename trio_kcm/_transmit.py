@@ -245,6 +245,7 @@ class Transmitter:
         "bugs",
         "bytes",
         "candidates",
+        "clock",
         "eager",
         "eager_ok",
         "msgs",
@@ -260,10 +261,17 @@ class Transmitter:
         "windows",
     )
 
-    def __init__(self, owner: object, policy: Policy, bugs: BugReport) -> None:
+    def __init__(
+        self,
+        owner: object,
+        policy: Policy,
+        bugs: BugReport,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
         self.owner = owner  # the mux, to tell its handles from others'
         self.policy = policy
         self.bugs = bugs
+        self.clock = clock  # times groups for written(): trio's, or a harness's
         # Only a policy that overrides written() needs each group timed.
         self.timed = getattr(type(policy), "written", None) is not Policy.written
         #: The transmit candidates, exactly: attached, healthy, not stalled,
@@ -593,7 +601,7 @@ class Transmitter:
 
     def _assign(self, stx: StreamTx, group: TxGroup) -> None:
         if self.timed:
-            group.picked_at = trio.current_time()
+            group.picked_at = self.clock()
         stx.pending.append(group)
         stx.queued_bytes += group.nbytes
         stx.queued_msgs += len(group.messages)
@@ -788,7 +796,7 @@ class Transmitter:
                     stx.inflight = None
                     stx.window = True
                     self.windows.append(stx)
-                    self._written(stx, groups, size)
+                    self.written(stx, groups, size)
                 else:
                     stx.rest = (memoryview(data)[sent:], size)
                     if stx.lot:
@@ -837,12 +845,12 @@ class Transmitter:
                 # The stream failed meanwhile; abort() took these as in doubt.
                 return
             stx.inflight = None
-            self._written(stx, groups, size)
+            self.written(stx, groups, size)
 
-    def _written(self, stx: StreamTx, groups: list[TxGroup], size: int) -> None:
+    def written(self, stx: StreamTx, groups: list[TxGroup], size: int) -> None:
         """A write completed: count it, free the buffer space, tell the policy."""
         timed = self.timed
-        now = trio.current_time() if timed else 0.0
+        now = self.clock() if timed else 0.0
         nmsgs = 0
         policy = self.policy
         owners = stx.owners
