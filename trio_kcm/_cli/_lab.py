@@ -1,22 +1,15 @@
 """``trio-kcm lab``: compare load-balancing policies under a workload.
 
-``M`` streams carry requests from a peer to a mux with ``N`` worker sockets;
-the policy under test steers each request to a worker (receive side) and each
-reply to a stream (transmit side); every worker serves its socket's queue in
-order, one request at a time, for a service time drawn from a distribution.
-For each policy the lab reports throughput, latency percentiles, each
-worker's share of the requests and Jain's fairness index over those shares.
-
-By default it runs in virtual time (:mod:`._lab_engine`), so a run is fast and
-reproducible for a seed; ``--real`` runs the same workload over loopback TCP.
-Modules: ``_lab_workload`` (options -> workload), ``_lab_engine`` (the runs),
-``_lab_stats`` (the numbers), ``_lab_report`` (table, JSON, plot).
+The command is :mod:`trio_kcm.lab` from the shell: this module declares the
+arguments, turns them into a :class:`~trio_kcm.lab.Workload` and a list of
+:class:`~trio_kcm.lab.PolicySpec`, runs :func:`~trio_kcm.lab.compare` under a
+progress bar, and prints the :class:`~trio_kcm.lab.Comparison` (a table,
+JSON, Markdown, a plot).  Every number is the library's.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -24,23 +17,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rich.console import Console
+
+from .. import lab
 from .._errors import PolicyLoadError
 from .._policy import available_policies
-from . import _lab_workload as wl
+from ._common import fail
 
 __all__ = ["add_parser", "run"]
 
 PROG = "trio-kcm lab"
 
-#: Defaults.
-STREAMS = 4
-WORKERS = 8
-SERVICE = "exp:1ms,x10"
-LOAD = 0.75
-SIZE = 64
-DURATION_VIRTUAL = 2.0
+#: Defaults: the library's default workload, and a shorter run in real time.
+_DEFAULT = lab.Workload()
+STREAMS = _DEFAULT.streams
+WORKERS = _DEFAULT.workers
+SERVICE = _DEFAULT.service.text
+LOAD = lab.DEFAULT_LOAD
+SIZE = _DEFAULT.size
+DURATION_VIRTUAL = _DEFAULT.duration
 DURATION_REAL = 1.0
-SEED = 1
+SEED = _DEFAULT.seed
 MAX_STREAMS = 4096
 MAX_WORKERS = 4096
 
@@ -118,7 +115,7 @@ def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        value = wl.parse_count(text, what="the value")
+        value = lab.parse_count(text, what="the value")
         if not lo <= value <= hi:
             raise ValueError(f"must be in {lo}..{hi}, not {value}")
         return value
@@ -144,23 +141,21 @@ def _load(text: str) -> float:
 
 
 def _size(text: str) -> int:
-    from ._lab_engine import MIN_SIZE
-
-    value = wl.parse_size(text)
-    if not MIN_SIZE <= value <= 1 << 20:
-        raise ValueError(f"must be {MIN_SIZE} bytes .. 1MiB (header included), not {text!r}")
+    value = lab.parse_size(text)
+    if not lab.MIN_SIZE <= value <= 1 << 20:
+        raise ValueError(f"must be {lab.MIN_SIZE} bytes .. 1MiB (header included), not {text!r}")
     return value
 
 
 def _duration(text: str) -> float:
-    value = wl.parse_duration(text, what="the duration")
+    value = lab.parse_duration(text, what="the duration")
     if not value > 0:
         raise ValueError(f"must be > 0, not {text!r}")
     return value
 
 
 def _messages(text: str) -> int:
-    value = wl.parse_count(text, what="the message count")
+    value = lab.parse_count(text, what="the message count")
     if value < 1:
         raise ValueError(f"must be >= 1, not {text!r}")
     return value
@@ -177,7 +172,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--policies",
         metavar="A,B,...",
-        type=_typed(wl.parse_policies),
+        type=_typed(lab.parse_policies),
         help="the policies to compare, by name, each with options if you like:"
         " p2c(seed=7),weighted-round-robin(socket_weights={0: 0.1})"
         " (default: every installed policy; see trio-kcm policies)",
@@ -201,7 +196,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--service",
         metavar="SPEC",
-        type=_typed(wl.parse_service),
+        type=_typed(lab.parse_service),
         default=SERVICE,
         help=f"service-time distribution, see below (default {SERVICE})",
     )
@@ -234,7 +229,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--link",
         metavar="SPEC",
-        type=_typed(wl.parse_link),
+        type=_typed(lab.parse_link),
         help="give each stream a wire: BANDWIDTH[,delay=TIME][,xF][,slow=K], see below"
         " (default: none, writes arrive at once; virtual time only)",
     )
@@ -285,9 +280,9 @@ def add_parser(subparsers: Any) -> None:
     )
 
 
-def build_workload(args: argparse.Namespace) -> wl.Workload:
+def build_workload(args: argparse.Namespace) -> lab.Workload:
     """The workload the arguments ask for; :class:`_LabError` if they disagree."""
-    service: wl.ServiceSpec = args.service
+    service: lab.ServiceTime = args.service
     if service.slow_workers > args.workers:
         raise _LabError(
             f"--service {service.text}: {service.slow_workers} slow workers,"
@@ -308,35 +303,32 @@ def build_workload(args: argparse.Namespace) -> wl.Workload:
             duration = math.inf
         else:
             duration = DURATION_REAL if args.real else DURATION_VIRTUAL
-    capacity = service.capacity(args.workers)
-    if args.closed is not None:
-        rate = 0.0
-    elif args.rate is not None:
-        rate = args.rate
-    else:
-        rate = (LOAD if args.load is None else args.load) * capacity
-    return wl.Workload(
-        streams=args.streams,
-        workers=args.workers,
-        service=service,
-        rate=rate,
-        closed=args.closed or 0,
-        burst=args.burst,
-        size=args.size,
-        reply_size=args.reply_size or args.size,
-        duration=duration,
-        messages=args.messages,
-        seed=args.seed,
-        link=args.link,
-    )
+    try:
+        return lab.Workload(
+            streams=args.streams,
+            workers=args.workers,
+            service=service,
+            load=args.load,
+            rate=args.rate,
+            closed=args.closed,
+            burst=args.burst,
+            size=args.size,
+            reply_size=args.reply_size or args.size,
+            duration=duration,
+            messages=args.messages,
+            seed=args.seed,
+            link=args.link,
+        )
+    except ValueError as exc:  # (what the checks above let through)
+        raise _LabError(str(exc)) from None
 
 
-def _check_policies(requested: list[wl.PolicySpec] | None) -> list[wl.PolicySpec]:
+def _check_policies(requested: list[lab.PolicySpec] | None) -> list[lab.PolicySpec]:
     installed = available_policies()
     if requested is None:
         if not installed:
             raise _LabError("no policies are installed (is trio-kcm installed?)")
-        return [wl.PolicySpec(name) for name in installed]
+        return [lab.PolicySpec(name) for name in installed]
     unknown = list(dict.fromkeys(s.name for s in requested if s.name not in installed))
     if unknown:
         s = "y" if len(unknown) == 1 else "ies"
@@ -366,110 +358,68 @@ def _columns() -> int:
         return 0
 
 
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
-    from ._lab_engine import make_policy, policy_seed
-
     try:
         workload = build_workload(args)
         specs = _check_policies(args.policies)
         _check_plot(args.plot)
-        for spec in specs:  # fail early, before any run, on a broken plugin or option
-            make_policy(spec, policy_seed(workload, spec))
     except _LabError as exc:
-        return _fail(str(exc))
-    except PolicyLoadError as exc:
-        return _fail(str(exc))
-    return _run(args, workload, specs)
-
-
-def _jsonable(value: object) -> object:
-    """Options as JSON: literals as they are, anything else by its repr."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
-
-
-def _run(args: argparse.Namespace, workload: wl.Workload, specs: list[wl.PolicySpec]) -> int:
-    from rich.console import Console
-
-    from ._lab_engine import run_real, simulate
-    from ._lab_report import markdown_table, plot, render_table, to_json
-    from ._lab_stats import RunResult, summarize
-
-    engine = "real" if args.real else "virtual"
-    go = run_real if args.real else simulate
-    start = time.perf_counter()
+        return fail("lab", str(exc))
     # Piped, rich would assume 80 columns: the table needs a few more.
     console = Console() if sys.stdout.isatty() else Console(width=max(120, _columns()))
     err = Console(stderr=True)
-    weights = [1.0 / workload.service.factor(j) for j in range(workload.workers)]
-    results: dict[str, RunResult] = {}
-    reports: dict[str, dict[str, Any]] = {}
-    errors: dict[str, str] = {}
-    show_progress = not (args.json or args.markdown) and sys.stdout.isatty()
-
-    def one(spec: wl.PolicySpec, progress: Callable[[float], None] | None) -> None:
-        label = spec.label
-        try:
-            result = go(workload, spec, progress=progress)
-        except Exception as exc:  # a policy's bug must not hide the others' results
-            errors[label] = f"{type(exc).__name__}: {exc}"
-            err.print(f"{PROG}: policy {label} failed: {errors[label]}", markup=False)
-            return
-        results[label] = result
-        options = {k: _jsonable(v) for k, v in spec.options}
-        reports[label] = summarize(result, weights, name=spec.name, options=options)
-
-    if show_progress:
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.fields[done]}/{task.total:.0f} policies"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("", total=len(specs), done=0)
-            for i, spec in enumerate(specs):
-                bar.update(task, description=f"{engine}: {spec.label}", completed=i, done=i)
-
-                def update(fraction: float, i: int = i) -> None:
-                    bar.update(task, completed=i + min(max(fraction, 0.0), 1.0))
-
-                one(spec, update)
-            bar.update(task, completed=len(specs), done=len(specs))
-    else:
-        for spec in specs:
-            one(spec, None)
-
+    text = args.json or args.markdown
+    start = time.perf_counter()
+    try:
+        bar = console if not text and sys.stdout.isatty() else None
+        comparison = _compare(workload, specs, args.real, bar)
+    except PolicyLoadError as exc:  # before any run: a broken plugin or option
+        return fail("lab", str(exc))
+    wall = time.perf_counter() - start
+    for label, error in comparison.errors.items():
+        err.print(f"{PROG}: policy {label} failed: {error}", markup=False)
     try:
         if args.json:
-            print(to_json(engine, workload, reports, errors), flush=True)
+            print(comparison.to_json(), flush=True)
         elif args.markdown:
-            print(markdown_table(workload, engine, reports), flush=True)
+            print(comparison.to_markdown(), flush=True)
     except BrokenPipeError:  # | head: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    if reports and not (args.json or args.markdown):
-        wall = time.perf_counter() - start
-        console.print(render_table(workload, engine, reports, wall, width=console.width))
-    if args.plot and results:
-        plot(args.plot, workload, engine, results)
-        (err if args.json or args.markdown else console).print(f"wrote {args.plot}")
-    return 1 if errors else 0
+    if comparison.results and not text:
+        console.print(comparison.rich_table(width=console.width, wall=wall))
+    if args.plot and comparison.results:
+        comparison.plot(args.plot)
+        (err if text else console).print(f"wrote {args.plot}")
+    return 1 if comparison.errors else 0
+
+
+def _compare(
+    workload: lab.Workload, specs: list[lab.PolicySpec], real: bool, console: Console | None
+) -> lab.Comparison:
+    """:func:`trio_kcm.lab.compare`, under a progress bar on ``console`` if given."""
+    if console is None:
+        return lab.compare(workload, specs, real=real)
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    engine = "real" if real else "virtual"
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]}/{task.total:.0f} policies"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task("", total=len(specs), done=0)
+
+    def update(i: int, fraction: float) -> None:
+        bar.start()  # at the first run: not before the policies are built
+        done = i + min(max(fraction, 0.0), 1.0)
+        bar.update(task, description=f"{engine}: {specs[i].label}", completed=done, done=i)
+
+    try:
+        return lab.compare(workload, specs, real=real, progress=update)
+    finally:
+        bar.stop()

@@ -1,26 +1,38 @@
-"""``trio-kcm lab``: its pure parts, and the virtual engine in-process.
+"""The policy lab as a library: :mod:`trio_kcm.lab`, in-process.
 
-The command as a whole is tested in ``test_cli_lab.py``, as a subprocess.
+The command that wraps it (``trio-kcm lab``) is tested in ``test_cli_lab.py``,
+as a subprocess.  Only public names of ``trio_kcm.lab`` are used here.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 import random
 import re
 import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_kcm._cli._lab_engine import simulate
-from trio_kcm._cli._lab_stats import RunResult, jain, percentile, summarize
-from trio_kcm._cli._lab_workload import (
+import trio_kcm
+from trio_kcm import lab
+from trio_kcm.lab import (
+    Link,
     PolicySpec,
-    ServiceSpec,
+    RunResult,
+    ServiceTime,
     Workload,
     format_seconds,
+    jain,
     parse_bandwidth,
     parse_count,
     parse_duration,
@@ -28,6 +40,8 @@ from trio_kcm._cli._lab_workload import (
     parse_policies,
     parse_service,
     parse_size,
+    percentile,
+    simulate,
 )
 
 # -- service-time specs -------------------------------------------------------
@@ -298,22 +312,32 @@ def test_jain_properties(values: list[float]) -> None:
     assert jain([v * 3.5 for v in values]) == pytest.approx(j)  # scale-free
 
 
-def test_summarize() -> None:
+def test_statistics_of_a_result() -> None:
+    # Worker 0 is twice as slow: capacity weights 0.5, 1, 1.
+    w = Workload(workers=3, service=ServiceTime("exp", 1e-3, slow_factor=2.0, slow_workers=1))
     result = RunResult(
+        workload=w,
+        engine="virtual",
         policy="x",
-        latencies=[0.003, 0.001, 0.002, 0.004],
+        options={"k": 1},
+        latencies=(0.003, 0.001, 0.002, 0.004),
         issued=5,
         issued_in_window=5,
         completed_in_window=3,
         window=1.0,
         end=2.0,
-        steered=[1, 3, 0],
-        busy=[0.5, 1.0, 0.0],
-        max_queued=[1, 2, 0],
-        requests_per_stream=[5],
-        replies_per_stream=[4],
+        steered=(1, 3, 0),
+        busy=(0.5, 1.0, 0.0),
+        max_queued=(1, 2, 0),
+        requests_per_stream=(5,),
+        replies_per_stream=(4,),
     )
-    rep = summarize(result, [0.5, 1.0, 1.0], name="x", options={"k": 1})
+    assert result.completed == 4 and result.unanswered == 1
+    assert result.throughput == 3.0 and result.backlog == 2 and result.drain == 1.0
+    assert result.p50 == 0.002 and result.max_latency == 0.004
+    assert result.mean_latency == pytest.approx(0.0025)
+    assert result.worker_shares == (0.25, 0.75, 0.0)
+    rep = result.to_dict()
     assert rep["policy"] == "x" and rep["name"] == "x" and rep["options"] == {"k": 1}
     assert rep["completed"] == 4 and rep["unanswered"] == 1
     assert rep["throughput"] == 3.0
@@ -327,33 +351,37 @@ def test_summarize() -> None:
     assert rep["jain"] == pytest.approx(jain([0.25, 0.75, 0.0]))
     # Relative to capacity shares 0.2, 0.4, 0.4.
     assert rep["jain_capacity"] == pytest.approx(jain([1.25, 1.875, 0.0]))
-    empty = summarize(RunResult(policy="y", steered=[0, 0]), [1.0, 1.0])
-    assert empty["latency"]["p99"] is None and empty["jain"] is None
-    assert empty["throughput"] is None
+    empty = RunResult(workload=Workload(workers=2), engine="virtual", policy="y", steered=(0, 0))
+    assert math.isnan(empty.p99) and math.isnan(empty.jain) and math.isnan(empty.throughput)
+    rep = empty.to_dict()
+    assert rep["latency"]["p99"] is None and rep["jain"] is None
+    assert rep["throughput"] is None
+
+
+def test_options_that_are_not_json_are_reprs() -> None:
+    result = RunResult(
+        workload=Workload(), engine="virtual", policy="p", options={"n": 2, "f": math.inf}
+    )
+    assert result.to_dict()["options"] == {"n": 2, "f": "inf"}
 
 
 # -- the virtual engine, in-process -----------------------------------------------------
 
 
-def workload(**overrides: object) -> Workload:
-    base: dict[str, object] = {
+def workload(**overrides: Any) -> Workload:
+    """A small workload: 3 streams, 4 workers (one 10x slower), 70 % load, 100 ms."""
+    base: dict[str, Any] = {
         "streams": 3,
         "workers": 4,
         "service": parse_service("exp:1ms,x10"),
-        "rate": 0.0,
-        "closed": 0,
-        "burst": 1,
-        "size": 64,
         "reply_size": 32,
         "duration": 0.1,
-        "messages": None,
         "seed": 3,
     }
     base.update(overrides)
-    base["rate"] = base["rate"] or 0.7 * base["service"].capacity(base["workers"])  # type: ignore[attr-defined]
-    if base["closed"]:
-        base["rate"] = 0.0
-    return Workload(**base)  # type: ignore[arg-type]
+    if base.get("closed") is None and base.get("rate") is None:
+        base.setdefault("load", 0.7)
+    return Workload(**base)
 
 
 def test_simulation_accounts_for_every_request() -> None:
@@ -457,7 +485,7 @@ def test_simulation_seed_matters() -> None:
 
 
 def test_service_spec_is_a_value() -> None:
-    assert parse_service("exp:1ms") == ServiceSpec("exp", 0.001)
+    assert parse_service("exp:1ms") == ServiceTime("exp", 0.001)
 
 
 @settings(max_examples=20, deadline=None)
@@ -490,9 +518,9 @@ def test_simulation_invariants(
         streams=streams,
         workers=workers,
         service=spec,
-        closed=closed,
+        closed=closed or None,
         burst=1 if closed else burst,
-        rate=load * spec.capacity(workers),
+        rate=None if closed else load * spec.capacity(workers),
         duration=0.03,
         link=parse_link(link) if link else None,
         seed=seed,
@@ -515,3 +543,326 @@ def test_simulation_invariants(
         r.steered,
         r.replies_per_stream,
     )
+
+
+# -- the workload as data ----------------------------------------------------------------
+
+
+def test_workload_defaults_are_the_commands() -> None:
+    w = Workload()
+    assert (w.streams, w.workers, w.size, w.reply_size, w.duration, w.seed) == (4, 8, 64, 64, 2, 1)
+    assert w.service == parse_service("exp:1ms,x10")
+    assert w.open_loop and w.offered_load == pytest.approx(lab.DEFAULT_LOAD)
+    assert w.capacity == pytest.approx(7100)
+    assert w.arrival_rate == pytest.approx(0.75 * 7100)
+    assert Workload(rate=1000).offered_load == pytest.approx(1000 / 7100)
+    closed = Workload(closed=4)
+    assert not closed.open_loop and closed.arrival_rate is None and closed.offered_load is None
+    doc = closed.to_dict()
+    assert doc["mode"] == "closed" and doc["rate"] is None and doc["closed"] == 4
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"streams": 0}, "streams must be at least 1"),
+        ({"size": 8}, f"size must be at least {lab.MIN_SIZE}"),
+        ({"load": 0.5, "rate": 100.0}, "give one of load, rate and closed, not load and rate"),
+        ({"load": -1.0}, "load must be a number > 0"),
+        ({"closed": 2, "burst": 4}, "burst is for open loop"),
+        ({"duration": 0.0}, "duration must be > 0"),
+        ({"duration": math.inf}, "the duration must be finite"),
+        ({"messages": 0}, "messages must be at least 1"),
+        ({"workers": 2, "service": parse_service("exp:1ms,x2,slow=3")}, "3 slow workers"),
+        ({"streams": 1, "link": parse_link("1MB/s,x2,slow=2")}, "2 slow links"),
+    ],
+)
+def test_workload_checks_its_fields(fields: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        Workload(**fields)
+
+
+def test_workload_wants_parsed_specs() -> None:
+    with pytest.raises(TypeError, match=re.escape("parse_service(text)")):
+        Workload(service="exp:1ms")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda: ServiceTime("gauss", 1e-3), "unknown service-time distribution"),
+        (lambda: ServiceTime("slow", 1e-3), "unknown service-time distribution"),
+        (lambda: ServiceTime("exp", 0.0), "mean service time must be > 0"),
+        (lambda: ServiceTime("pareto", 1e-3, alpha=1.0), "alpha must be a number > 1"),
+        (lambda: ServiceTime("exp", 1e-3, slow_factor=0.5), "slow-worker factor"),
+        (lambda: Link(0.0), "a bandwidth must be > 0"),
+        (lambda: Link(1e6, delay=-1.0), "the link delay must be >= 0"),
+        (lambda: Link(1e6, slow_factor=2.0, slow_links=-1), "slow links must be >= 0"),
+    ],
+)
+def test_specs_check_their_fields(make: Any, needle: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        make()
+
+
+def test_messages_without_a_duration_is_valid_json() -> None:
+    # The window is bounded by the count alone: the duration is infinite, JSON null.
+    w = workload(messages=40, duration=math.inf)
+    doc = json.loads(lab.compare(w, ["round-robin"]).to_json())
+    assert doc["workload"]["duration"] is None and doc["workload"]["messages"] == 40
+    assert doc["policies"]["round-robin"]["requests"] == 40
+
+
+def test_policy_spec_builds_with_a_seed_if_it_takes_one() -> None:
+    policy = PolicySpec("round-robin").build(seed=3)  # round-robin takes no seed
+    assert policy.name == "round-robin"
+    with pytest.raises(trio_kcm.PolicyLoadError, match="failed to build"):
+        PolicySpec("round-robin", (("bogus", 1),)).build(seed=3)
+    with pytest.raises(trio_kcm.PolicyLoadError, match="no policy named"):
+        simulate(workload(), "no-such-policy")
+
+
+# -- a policy author's flow, from Python alone ------------------------------------------
+
+
+class FewestBytes(trio_kcm.Policy):
+    """Each request to the socket with the fewest queued bytes; replies on stream 0 if it can."""
+
+    def __init__(self) -> None:
+        self.sockets: list[trio_kcm.KCMSocket] = []
+        self.streams: list[trio_kcm.AttachedStream] = []
+
+    def socket_added(self, sock: trio_kcm.KCMSocket, /) -> None:
+        self.sockets.append(sock)
+
+    def socket_removed(self, sock: trio_kcm.KCMSocket, /) -> None:
+        self.sockets.remove(sock)
+
+    def pick_socket(
+        self, stream: trio_kcm.AttachedStream | None, message: bytes, /
+    ) -> trio_kcm.KCMSocket | None:
+        return min(self.sockets, key=lambda s: s.rx_queued_bytes, default=None)
+
+    def stream_added(self, stream: trio_kcm.AttachedStream, /) -> None:
+        self.streams.append(stream)
+
+    def stream_removed(self, stream: trio_kcm.AttachedStream, /) -> None:
+        self.streams.remove(stream)
+
+    def pick_stream(
+        self, sock: trio_kcm.KCMSocket, messages: Sequence[bytes], nbytes: int, /
+    ) -> trio_kcm.AttachedStream | None:
+        return self.streams[0] if self.streams else None
+
+
+def test_a_policy_authors_flow(tmp_path: Path) -> None:
+    # The workload: from the dataclass, its parts from the command's grammar.
+    w = Workload(
+        streams=4,
+        workers=8,
+        service=parse_service("exp:1ms,x10"),
+        load=0.75,
+        duration=0.2,
+        seed=5,
+    )
+    # One run by name, one with a policy object of one's own.
+    base = simulate(w, "round-robin")
+    mine = simulate(w, FewestBytes())
+    assert base.policy == "round-robin" and mine.policy == "FewestBytes"
+    assert base.engine == mine.engine == "virtual"
+    for r in (base, mine):
+        assert r.completed == r.issued > 500
+        assert sum(r.worker_shares) == pytest.approx(1.0)
+        assert 0 < r.p50 <= r.p99 <= r.p999 <= r.max_latency
+        assert r.throughput > 0 and 0 < r.jain <= 1 + 1e-12
+    # Load-aware beats round-robin with a slow worker, and keeps it lightly loaded.
+    assert mine.p99 * 5 < base.p99
+    assert mine.worker_shares[0] < 0.05 < base.worker_shares[0]
+    assert mine.jain_capacity > base.jain_capacity
+    # A new object, the same numbers: the run is deterministic.
+    assert simulate(w, FewestBytes()).latencies == mine.latencies
+    # Several side by side, labelled, and the JSON report.
+    comparison = lab.compare(w, {"mine": FewestBytes(), "lq": "least-queued", "rr": base_spec()})
+    assert [r.policy for r in comparison.results] == ["mine", "lq", "rr"]
+    assert comparison["mine"].latencies == mine.latencies
+    assert comparison["rr"].latencies == base.latencies  # a name or a spec: one seed
+    out = tmp_path / "results.json"
+    out.write_text(comparison.to_json())
+    doc = json.loads(out.read_text())
+    assert doc["format"] == lab.JSON_FORMAT == "trio-kcm-lab/1"
+    assert doc["engine"] == "virtual" and doc["errors"] == {}
+    assert doc["workload"] == w.to_dict()
+    assert list(doc["policies"]) == ["mine", "lq", "rr"]
+    assert doc["policies"]["mine"]["name"] == "FewestBytes"
+    assert doc["policies"]["mine"]["latency"]["p99"] == mine.p99
+    # The same from results made one by one.
+    by_hand = lab.Comparison(w, "virtual", [base, mine])
+    assert json.loads(by_hand.to_json())["policies"]["FewestBytes"] == mine.to_dict()
+
+
+def base_spec() -> PolicySpec:
+    return parse_policies("round-robin")[0]
+
+
+def test_reports(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    w = workload(duration=0.05)
+    comparison = lab.compare(w, ["round-robin", "least-queued"])
+    md = comparison.to_markdown().splitlines()
+    assert md[0].startswith("| policy | msg/s | p50 | p99 | p99.9 |")
+    assert md[2].startswith("| `round-robin` |")
+    assert md[-1] == comparison.describe() + " (virtual time)."
+    assert "3 streams -> 4 workers" in comparison.describe()
+    console = Console(width=100, record=True, file=open(tmp_path / "out.txt", "w"))  # noqa: SIM115
+    console.print(comparison.rich_table(width=100))
+    console.file.close()
+    text = console.export_text()
+    assert "trio-kcm lab (virtual time)" in text and "least-queued" in text
+    figure = comparison.plot(tmp_path / "latency.png")
+    assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
+    assert len(figure.axes) == 2
+
+
+def test_comparison_checks_its_results() -> None:
+    a = simulate(workload(duration=0.02), "round-robin")
+    b = simulate(workload(duration=0.02, seed=4), "round-robin", label="seed 4")
+    with pytest.raises(ValueError, match="another workload"):
+        lab.Comparison(a.workload, "virtual", [a, b])
+    with pytest.raises(ValueError, match="another workload or engine"):
+        lab.Comparison(a.workload, "real", [a])
+    with pytest.raises(ValueError, match="a label of its own: round-robin"):
+        lab.Comparison(a.workload, "virtual", [a], errors={"round-robin": "boom"})
+    with pytest.raises(ValueError, match="a label of its own: FewestBytes"):
+        lab.compare(workload(), [FewestBytes(), FewestBytes()])
+    with pytest.raises(KeyError):
+        lab.Comparison(a.workload, "virtual", [a])["least-queued"]
+
+
+class Broken(FewestBytes):
+    """Fails at its 50th request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.picks = 0
+
+    def pick_socket(
+        self, stream: trio_kcm.AttachedStream | None, message: bytes, /
+    ) -> trio_kcm.KCMSocket | None:
+        self.picks += 1
+        if self.picks == 50:
+            raise RuntimeError("a bug")
+        return super().pick_socket(stream, message)
+
+
+def test_compare_records_a_policys_crash_and_goes_on() -> None:
+    calls: list[tuple[int, float]] = []
+    comparison = lab.compare(
+        workload(duration=0.05),
+        ["round-robin", Broken(), "least-queued"],
+        progress=lambda i, fraction: calls.append((i, fraction)),
+    )
+    assert [r.policy for r in comparison.results] == ["round-robin", "least-queued"]
+    assert list(comparison.errors) == ["Broken"]
+    assert "a bug" in comparison.errors["Broken"]
+    assert json.loads(comparison.to_json())["errors"] == comparison.errors
+    assert [c for c in calls if c[1] == 0.0] == [(0, 0.0), (1, 0.0), (2, 0.0)]
+    assert all(0.0 <= f <= 1.0 for _, f in calls)
+
+
+def test_progress_goes_from_0_to_1() -> None:
+    fractions: list[float] = []
+    simulate(workload(duration=0.5), "round-robin", progress=fractions.append)
+    assert fractions and fractions == sorted(fractions)
+    assert 0.0 < fractions[-1] <= 1.0
+
+
+# -- real time ---------------------------------------------------------------------------
+
+
+async def test_run_real_smoke() -> None:
+    w = Workload(streams=2, workers=3, service=parse_service("const:2ms"), rate=300.0, duration=0.2)
+    result = await lab.run_real(w, "least-queued", label="lq")
+    assert result.engine == "real" and result.policy == "lq"
+    assert 0 < result.completed <= result.issued
+    assert sum(result.steered) == result.issued
+    assert result.p50 >= 0.002 * 0.5  # a service time, more or less the timer's resolution
+    with pytest.raises(ValueError, match="a link is for virtual time"):
+        await lab.run_real(workload(link=parse_link("1MB/s")), "round-robin")
+
+
+def test_run_real_from_sync_code() -> None:
+    w = Workload(streams=1, workers=2, service=parse_service("const:1ms"), closed=2, messages=20)
+    result = trio.run(lab.run_real, w, "round-robin")
+    assert result.issued == result.completed == 20
+
+
+# -- the public API ---------------------------------------------------------------------------
+
+#: Names whose documentation is in docs/api.md (data and type aliases have no docstring).
+DATA = {"DEFAULT_LOAD", "Engine", "JSON_FORMAT", "MIN_SIZE", "PolicyLike"}
+
+
+@pytest.mark.parametrize("name", sorted(set(lab.__all__) - DATA))
+def test_public_names_are_documented(name: str) -> None:
+    obj = getattr(lab, name)
+    assert inspect.getdoc(obj), f"{name} has no docstring"
+    if inspect.isclass(obj):
+        for attr, value in vars(obj).items():
+            if attr.startswith("_") or not (callable(value) or isinstance(value, property)):
+                continue
+            assert inspect.getdoc(value), f"{name}.{attr} has no docstring"
+
+
+def test_everything_exported_exists() -> None:
+    assert sorted(lab.__all__) == sorted(set(lab.__all__))
+    for name in lab.__all__:
+        assert hasattr(lab, name)
+
+
+# -- what importing costs ------------------------------------------------------------------
+
+
+def test_import_needs_neither_rich_nor_matplotlib() -> None:
+    code = (
+        "import sys, trio_kcm\n"
+        "assert 'trio_kcm.lab' not in sys.modules, 'import trio_kcm imported the lab'\n"
+        "import trio_kcm.lab\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'matplotlib'))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_policy_with_options_as_text() -> None:
+    w = workload(duration=0.05)
+    text = simulate(w, "round-robin()")
+    spec = simulate(w, PolicySpec("round-robin"))
+    assert text.policy == "round-robin" and text.latencies == spec.latencies
+    listed = lab.compare(w, "round-robin, least-queued()")
+    assert [r.policy for r in listed.results] == ["round-robin", "least-queued"]
+    assert listed["round-robin"].latencies == spec.latencies
+    with pytest.raises(ValueError, match="one policy, not 2"):
+        simulate(w, "round-robin(),least-queued()")
+    with pytest.raises(ValueError, match="unbalanced"):
+        simulate(w, "round-robin(")
+
+
+def test_the_docs_example_runs(tmp_path: Path) -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "lab.md"
+    [code] = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| `fewest-bytes` |" in out.stdout
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["format"] == "trio-kcm-lab/1"
+    assert list(doc["policies"]) == ["fewest-bytes", "least-queued", "round-robin"]
