@@ -175,7 +175,7 @@ async def test_closing_abandons_the_message() -> None:
     assert gate.written() == []
     with pytest.raises(trio.ClosedResourceError):
         await other.send(frame(b"whole"))
-    assert other._tx_parts is None  # dropped
+    assert other._building is None  # dropped
 
 
 @deadline(20)
@@ -198,7 +198,7 @@ async def test_abandon_message_and_a_task_that_ends() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert gate.written() == [frame(b"a"), frame(b"b")]
         gc.collect()
-        assert sock._tx_parts is not None and len(sock._tx_parts) == 0  # forgotten with its task
+        assert sock._building is not None and len(sock._building) == 0  # forgotten with its task
 
 
 async def test_dgram_keeps_messages_whole() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar, final
@@ -13,8 +12,10 @@ import trio
 
 from ._outgoing import OutgoingCheck
 from ._receive import Receiver, SocketRx
+from ._seqpacket import Building, Reading
 from ._stats import SocketStatistics
-from ._transmit import Batch, Transmitter
+from ._transmit import Transmitter
+from ._txstate import Batch
 
 if TYPE_CHECKING:
     from ._mux import Mux
@@ -35,16 +36,6 @@ class SocketType(enum.Enum):
     #: ``send(part, more=True)`` calls (the kernel's SEQPACKET without
     #: ``MSG_EOR``), and read in pieces with ``receive_some(max_bytes)``.
     SEQPACKET = "seqpacket"
-
-
-class _Parts:
-    """The message a task is building with ``send(part, more=True)``."""
-
-    __slots__ = ("nbytes", "parts")
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.nbytes = 0
 
 
 def _not_seqpacket(what: str) -> OSError:
@@ -81,19 +72,19 @@ class KCMSocket:
 
     __slots__ = (
         "__weakref__",
+        "_building",
         "_check",
         "_closed",
         "_forget",
         "_index",
         "_max_message_size",
         "_mux",
+        "_reading",
         "_receiver",
         "_rx",
-        "_rx_rests",
         "_seqpacket",
         "_transmitter",
         "_tx",
-        "_tx_parts",
     )
 
     def __init__(
@@ -124,10 +115,8 @@ class KCMSocket:
         self._rx: SocketRx = receive.open_socket(self, receive_buffer_size)
         # SEQPACKET, per task, made on first use: messages being built, and
         # the unread rest of messages being read in pieces.
-        self._tx_parts: weakref.WeakKeyDictionary[trio.lowlevel.Task, _Parts] | None = None
-        self._rx_rests: weakref.WeakKeyDictionary[trio.lowlevel.Task, tuple[bytes, int]] | None = (
-            None
-        )
+        self._building: Building | None = None
+        self._reading: Reading | None = None
         # Last: the receive policy hears of it, and may read it.
         receive.add_socket(self._rx)
 
@@ -196,11 +185,12 @@ class KCMSocket:
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
-        if more or self._tx_parts is not None:
+        if more or self._building is not None:
             if more:
                 self._add_part(message)
                 return
-            message = self._take_parts(message)
+            assert self._building is not None
+            message = self._building.take(message)
         message = self._check.prepare(message)
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
@@ -246,11 +236,12 @@ class KCMSocket:
           trio.ClosedResourceError: The socket or mux is closed.
 
         """
-        if more or self._tx_parts is not None:
+        if more or self._building is not None:
             if more:
                 await self._send_part(message)
                 return
-            message = self._take_parts(message)
+            assert self._building is not None
+            message = self._building.take(message)
         message = self._check.prepare(message)
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
@@ -292,45 +283,9 @@ class KCMSocket:
             raise _not_seqpacket("send(..., more=True)")
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        if type(part) is not bytes:
-            if isinstance(part, str):
-                raise TypeError("messages are bytes, not str")
-            part = memoryview(part).tobytes()
-        if self._tx_parts is None:
-            self._tx_parts = weakref.WeakKeyDictionary()
-        task = trio.lowlevel.current_task()
-        building = self._tx_parts.get(task)
-        if building is None:
-            building = self._tx_parts[task] = _Parts()
-        nbytes = building.nbytes + len(part)
-        if nbytes > self._max_message_size:
-            del self._tx_parts[task]
-            raise OSError(
-                _errno.EMSGSIZE,
-                f"the message being built would be {nbytes} bytes, larger than"
-                f" max_message_size={self._max_message_size}; it was dropped",
-            )
-        building.parts.append(part)
-        building.nbytes = nbytes
-
-    def _take_parts(self, last: bytes) -> bytes:
-        """The whole message: this task's parts, then ``last``; they are taken."""
-        assert self._tx_parts is not None
-        building = self._tx_parts.pop(trio.lowlevel.current_task(), None)
-        if building is None:
-            return last
-        if type(last) is not bytes:
-            if isinstance(last, str):
-                raise TypeError("messages are bytes, not str")
-            last = memoryview(last).tobytes()
-        if building.nbytes + len(last) > self._max_message_size:
-            raise OSError(
-                _errno.EMSGSIZE,
-                f"the message built would be {building.nbytes + len(last)} bytes, larger than"
-                f" max_message_size={self._max_message_size}; it was dropped",
-            )
-        building.parts.append(last)
-        return b"".join(building.parts)
+        if self._building is None:
+            self._building = Building(self._max_message_size)
+        self._building.add(part)
 
     def abandon_message(self) -> None:
         """Forget this task's unfinished SEQPACKET messages.
@@ -343,10 +298,10 @@ class KCMSocket:
         you).  Does nothing if there is nothing to forget.
         """
         task = trio.lowlevel.current_task()
-        if self._tx_parts is not None:
-            self._tx_parts.pop(task, None)
-        if self._rx_rests is not None:
-            self._rx_rests.pop(task, None)
+        if self._building is not None:
+            self._building.abandon(task)
+        if self._reading is not None:
+            self._reading.abandon(task)
 
     def send_many_nowait(self, messages: Iterable[bytes]) -> None:
         """:meth:`send_many`, or :exc:`trio.WouldBlock` if the buffer is full."""
@@ -545,24 +500,14 @@ class KCMSocket:
             raise ValueError("max_bytes must be >= 1")
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        if self._rx_rests is None:
+        if self._reading is None:
             return None
-        return self._rx_rests.get(trio.lowlevel.current_task())
+        return self._reading.rest()
 
     def _piece(self, rest: tuple[bytes, int], max_bytes: int) -> tuple[bytes, bool]:
-        message, start = rest
-        end = start + max_bytes
-        task = trio.lowlevel.current_task()
-        if end >= len(message):
-            if start:
-                assert self._rx_rests is not None
-                del self._rx_rests[task]
-                return message[start:], True
-            return message, True
-        if self._rx_rests is None:
-            self._rx_rests = weakref.WeakKeyDictionary()
-        self._rx_rests[task] = (message, end)
-        return message[start:end], False
+        if self._reading is None:
+            self._reading = Reading()
+        return self._reading.piece(rest, max_bytes)
 
     # -- origin and pinned replies (recvfrom / sendto) --------------------------
 
@@ -739,7 +684,7 @@ def close_socket(sock: KCMSocket, *, by_mux: bool) -> None:
     if sock._closed:
         return
     sock._closed = True
-    sock._tx_parts = sock._rx_rests = None  # SEQPACKET: unfinished messages are dropped
+    sock._building = sock._reading = None  # SEQPACKET: unfinished messages are dropped
     sock._forget(sock)
     sock._transmitter.close_socket(sock._tx)
     sock._receiver.close_socket(sock._rx, by_mux=by_mux)

@@ -23,7 +23,7 @@ from ._tcpinfo import TCPInfo, tcp_info_of
 if TYPE_CHECKING:
     from ._errors import StreamError
     from ._receive import StreamRx
-    from ._transmit import StreamTx
+    from ._txstate import StreamTx
 
 __all__ = ["AttachedStream", "StreamLife", "life_of"]
 

@@ -29,11 +29,9 @@ turn are neither.
 
 from __future__ import annotations
 
-import errno as _errno
-import os
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple, final
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, final
 
 import outcome
 import trio
@@ -43,198 +41,27 @@ from ._bugs import BugReport
 from ._policy import Policy
 from ._state import Phase
 from ._stream import life_of
+from ._txstate import (
+    Aborted,
+    Batch,
+    PinnedTxGroup,
+    SendWaiter,
+    SocketTx,
+    StreamTx,
+    TxGroup,
+    collect,
+    split_pinned,
+)
 
 if TYPE_CHECKING:
     from ._socket import KCMSocket
     from ._stream import AttachedStream, StreamLife
 
-__all__ = ["WRITE_COALESCE", "Batch", "SocketTx", "StreamTx", "Transmitter"]
+__all__ = ["Transmitter"]
 
-#: The writer joins queued groups into one write up to about this many bytes.
-WRITE_COALESCE = 256 * 1024
 
 _ACTIVE = Phase.ACTIVE
 _STALLED = Phase.STALLED
-
-
-class Batch:
-    """The messages a task's ``batch()`` block gathered on a socket."""
-
-    __slots__ = ("messages", "nbytes")
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.nbytes = 0
-
-
-class TxGroup:
-    """Messages of one socket that go out together, on one stream."""
-
-    __slots__ = ("messages", "nbytes", "picked_at", "sock")
-
-    #: Sent with ``send_to``: bound to its stream, unknown to the policy.
-    pinned = False
-
-    def __init__(self, sock: SocketTx, messages: list[bytes], nbytes: int) -> None:
-        self.sock = sock
-        self.messages = messages
-        self.nbytes = nbytes
-        self.picked_at = 0.0
-
-
-class PinnedTxGroup(TxGroup):
-    """A group from ``send_to``: it never moves to another stream."""
-
-    __slots__ = ()
-
-    pinned = True
-
-
-class _SendWaiter:
-    __slots__ = ("batch", "messages", "nbytes", "target")
-
-    def __init__(
-        self, messages: list[bytes], nbytes: int, batch: Batch | None, target: StreamTx | None
-    ) -> None:
-        self.messages = messages
-        self.nbytes = nbytes
-        self.batch = batch
-        self.target = target  # send_to: the stream it must go on
-
-
-@final
-class SocketTx:
-    """One socket's transmit side: its send buffer and its line of senders."""
-
-    __slots__ = (
-        "batches",
-        "bytes",
-        "closed",
-        "limit",
-        "msgs",
-        "queue",
-        "queued_bytes",
-        "queued_msgs",
-        "sock",
-        "waiters",
-    )
-
-    def __init__(self, sock: KCMSocket, limit: int) -> None:
-        self.sock = sock
-        self.limit = limit
-        self.closed = False
-        #: Groups that wait for a stream, in the order they were accepted.
-        self.queue: deque[TxGroup] = deque()
-        #: Accepted and not written (or given up): what fills the buffer.
-        self.queued_bytes = 0
-        self.queued_msgs = 0
-        self.waiters: OrderedDict[trio.lowlevel.Task, _SendWaiter] = OrderedDict()
-        self.batches: dict[trio.lowlevel.Task, Batch] = {}
-        self.msgs = 0
-        self.bytes = 0
-
-
-def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
-    """A non-blocking write for a plain :class:`trio.SocketStream`, else ``None``.
-
-    Trio keeps its sockets non-blocking, so a write the kernel can take at
-    once needs no wait.  The file descriptor is asked for at each write: once
-    the socket is closed it is ``-1``, never a number reused by something else.
-    """
-    if os.name != "posix" or type(stream) is not trio.SocketStream:
-        return None
-    sock = stream.socket
-    fd = sock.fileno()
-    if fd < 0 or os.get_blocking(fd):
-        return None
-
-    def send(data: bytes) -> int:
-        fd = sock.fileno()
-        if fd < 0:
-            raise OSError(_errno.EBADF, "the socket is closed")
-        return os.write(fd, data)
-
-    return send
-
-
-@final
-class StreamTx:
-    """One stream's transmit side: its queue, the write in flight, its counters."""
-
-    __slots__ = (
-        "aborts",
-        "bytes",
-        "eager_send",
-        "inflight",
-        "life",
-        "lot",
-        "msgs",
-        "owners",
-        "pending",
-        "queued_bytes",
-        "queued_msgs",
-        "reserved",
-        "rest",
-        "unreserved",
-        "window",
-    )
-
-    def __init__(self, life: StreamLife) -> None:
-        self.life = life
-        self.pending: deque[TxGroup] = deque()
-        self.queued_bytes = 0
-        self.queued_msgs = 0
-        #: The groups of the write in progress (the same list object while it
-        #: lasts: the stall watchdog compares it), or None.
-        self.inflight: list[TxGroup] | None = None
-        #: What is left of a write the sending task began, and its size.
-        self.rest: tuple[memoryview, int] | None = None
-        self.eager_send = _eager_sender(life.transport)
-        #: The sending task wrote to it itself and has not yet passed its
-        #: schedule point (:meth:`Transmitter.end_send`).
-        self.window = False
-        #: Sockets with groups queued or in flight here (policy-picked), and
-        #: how many: a socket's *burst* on this stream.
-        self.owners: dict[SocketTx, int] = {}
-        self.lot = trio.lowlevel.ParkingLot()  # the idle writer parks here
-        self.msgs = 0
-        self.bytes = 0
-        self.reserved = 0
-        self.unreserved = 0
-        self.aborts = 0
-
-
-class Aborted(NamedTuple):
-    """What a failed stream's transmit side leaves (see :meth:`Transmitter.abort`)."""
-
-    in_doubt: tuple[bytes, ...]  # its write in progress
-    unsent: tuple[bytes, ...]  # sent to it with send_to, not started
-    retry: list[TxGroup]  # not started: for other streams
-    inflight: list[TxGroup]  # in doubt, the policy's: retried or given up
-    lost: list[TxGroup]  # send_to groups: given up
-
-
-def _collect(pending: deque[TxGroup]) -> tuple[list[TxGroup], int, bytes]:
-    """Take the next write off a stream's queue: whole groups, up to ~WRITE_COALESCE."""
-    group = pending.popleft()
-    groups = [group]
-    size = group.nbytes
-    while pending and size < WRITE_COALESCE:
-        group = pending.popleft()
-        groups.append(group)
-        size += group.nbytes
-    if len(groups) == 1 and len(groups[0].messages) == 1:
-        data = groups[0].messages[0]
-    else:
-        data = b"".join([m for g in groups for m in g.messages])
-    return groups, size, data
-
-
-def _split_pinned(groups: Iterable[TxGroup]) -> tuple[list[TxGroup], list[TxGroup]]:
-    """``groups`` as (the policy's, those sent to their stream with ``send_to``)."""
-    groups = list(groups)
-    plain = [g for g in groups if not g.pinned]
-    return plain, ([g for g in groups if g.pinned] if len(plain) < len(groups) else [])
 
 
 @final
@@ -428,7 +255,7 @@ class Transmitter:
         stx = None if target is None else life_of(target).tx
         # send_to is not held by batch().
         batch = tx.batches.get(task) if stx is None and tx.batches else None
-        tx.waiters[task] = _SendWaiter(messages, nbytes, batch, stx)
+        tx.waiters[task] = SendWaiter(messages, nbytes, batch, stx)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             # Not accepted yet: withdrawing is leaving the line.
@@ -639,7 +466,7 @@ class Transmitter:
             groups = list(pending)
             pending.clear()
         else:
-            groups, keep = _split_pinned(pending)
+            groups, keep = split_pinned(pending)
             pending.clear()
             pending.extend(keep)
         for group in groups:
@@ -724,9 +551,9 @@ class Transmitter:
         in_doubt = tuple(m for g in inflight for m in g.messages)
         # Groups sent to this stream with send_to go nowhere else: those not
         # started are unsent, those in flight are in doubt; neither is retried.
-        retry, lost = _split_pinned(self._take_pending(stx))
+        retry, lost = split_pinned(self._take_pending(stx))
         unsent = tuple(m for g in lost for m in g.messages)
-        inflight, lost_inflight = _split_pinned(inflight)
+        inflight, lost_inflight = split_pinned(inflight)
         return Aborted(in_doubt, unsent, retry, inflight, lost + lost_inflight)
 
     def reroute(self, stx: StreamTx, aborted: Aborted, *, retry_in_doubt: bool) -> None:
@@ -786,7 +613,7 @@ class Transmitter:
                     if pending and stx.lot:
                         stx.lot.unpark()
                     continue
-                groups, size, data = _collect(pending)
+                groups, size, data = collect(pending)
                 stx.inflight = groups
                 try:
                     sent = stx.eager_send(data)
@@ -834,7 +661,7 @@ class Transmitter:
                 stx.window = False
                 continue
             else:
-                groups, size, data = _collect(pending)
+                groups, size, data = collect(pending)
                 stx.inflight = groups
             try:
                 await transport.send_all(data)

@@ -1,0 +1,216 @@
+"""The transmit side's records: send buffers, stream queues, groups, waiters.
+
+Plain records with plain names, owned by the transmit scheduler
+(``_transmit.py``), which alone changes them; a socket and a stream handle
+hold theirs and only read it.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple, final
+
+import trio
+
+if TYPE_CHECKING:
+    from ._socket import KCMSocket
+    from ._stream import StreamLife
+
+__all__ = [
+    "WRITE_COALESCE",
+    "Aborted",
+    "Batch",
+    "PinnedTxGroup",
+    "SendWaiter",
+    "SocketTx",
+    "StreamTx",
+    "TxGroup",
+    "collect",
+    "split_pinned",
+]
+
+#: The writer joins queued groups into one write up to about this many bytes.
+WRITE_COALESCE = 256 * 1024
+
+
+class Batch:
+    """The messages a task's ``batch()`` block gathered on a socket."""
+
+    __slots__ = ("messages", "nbytes")
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.nbytes = 0
+
+
+class TxGroup:
+    """Messages of one socket that go out together, on one stream."""
+
+    __slots__ = ("messages", "nbytes", "picked_at", "sock")
+
+    #: Sent with ``send_to``: bound to its stream, unknown to the policy.
+    pinned = False
+
+    def __init__(self, sock: SocketTx, messages: list[bytes], nbytes: int) -> None:
+        self.sock = sock
+        self.messages = messages
+        self.nbytes = nbytes
+        self.picked_at = 0.0
+
+
+class PinnedTxGroup(TxGroup):
+    """A group from ``send_to``: it never moves to another stream."""
+
+    __slots__ = ()
+
+    pinned = True
+
+
+class SendWaiter:
+    __slots__ = ("batch", "messages", "nbytes", "target")
+
+    def __init__(
+        self, messages: list[bytes], nbytes: int, batch: Batch | None, target: StreamTx | None
+    ) -> None:
+        self.messages = messages
+        self.nbytes = nbytes
+        self.batch = batch
+        self.target = target  # send_to: the stream it must go on
+
+
+@final
+class SocketTx:
+    """One socket's transmit side: its send buffer and its line of senders."""
+
+    __slots__ = (
+        "batches",
+        "bytes",
+        "closed",
+        "limit",
+        "msgs",
+        "queue",
+        "queued_bytes",
+        "queued_msgs",
+        "sock",
+        "waiters",
+    )
+
+    def __init__(self, sock: KCMSocket, limit: int) -> None:
+        self.sock = sock
+        self.limit = limit
+        self.closed = False
+        #: Groups that wait for a stream, in the order they were accepted.
+        self.queue: deque[TxGroup] = deque()
+        #: Accepted and not written (or given up): what fills the buffer.
+        self.queued_bytes = 0
+        self.queued_msgs = 0
+        self.waiters: OrderedDict[trio.lowlevel.Task, SendWaiter] = OrderedDict()
+        self.batches: dict[trio.lowlevel.Task, Batch] = {}
+        self.msgs = 0
+        self.bytes = 0
+
+
+def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
+    """A non-blocking write for a plain :class:`trio.SocketStream`, else ``None``.
+
+    Trio keeps its sockets non-blocking, so a write the kernel can take at
+    once needs no wait.  The file descriptor is asked for at each write: once
+    the socket is closed it is ``-1``, never a number reused by something else.
+    """
+    if os.name != "posix" or type(stream) is not trio.SocketStream:
+        return None
+    sock = stream.socket
+    fd = sock.fileno()
+    if fd < 0 or os.get_blocking(fd):
+        return None
+
+    def send(data: bytes) -> int:
+        fd = sock.fileno()
+        if fd < 0:
+            raise OSError(_errno.EBADF, "the socket is closed")
+        return os.write(fd, data)
+
+    return send
+
+
+@final
+class StreamTx:
+    """One stream's transmit side: its queue, the write in flight, its counters."""
+
+    __slots__ = (
+        "aborts",
+        "bytes",
+        "eager_send",
+        "inflight",
+        "life",
+        "lot",
+        "msgs",
+        "owners",
+        "pending",
+        "queued_bytes",
+        "queued_msgs",
+        "reserved",
+        "rest",
+        "unreserved",
+        "window",
+    )
+
+    def __init__(self, life: StreamLife) -> None:
+        self.life = life
+        self.pending: deque[TxGroup] = deque()
+        self.queued_bytes = 0
+        self.queued_msgs = 0
+        #: The groups of the write in progress (the same list object while it
+        #: lasts: the stall watchdog compares it), or None.
+        self.inflight: list[TxGroup] | None = None
+        #: What is left of a write the sending task began, and its size.
+        self.rest: tuple[memoryview, int] | None = None
+        self.eager_send = _eager_sender(life.transport)
+        #: The sending task wrote to it itself and has not yet passed its
+        #: schedule point (:meth:`Transmitter.end_send`).
+        self.window = False
+        #: Sockets with groups queued or in flight here (policy-picked), and
+        #: how many: a socket's *burst* on this stream.
+        self.owners: dict[SocketTx, int] = {}
+        self.lot = trio.lowlevel.ParkingLot()  # the idle writer parks here
+        self.msgs = 0
+        self.bytes = 0
+        self.reserved = 0
+        self.unreserved = 0
+        self.aborts = 0
+
+
+class Aborted(NamedTuple):
+    """What a failed stream's transmit side leaves (see :meth:`Transmitter.abort`)."""
+
+    in_doubt: tuple[bytes, ...]  # its write in progress
+    unsent: tuple[bytes, ...]  # sent to it with send_to, not started
+    retry: list[TxGroup]  # not started: for other streams
+    inflight: list[TxGroup]  # in doubt, the policy's: retried or given up
+    lost: list[TxGroup]  # send_to groups: given up
+
+
+def collect(pending: deque[TxGroup]) -> tuple[list[TxGroup], int, bytes]:
+    """Take the next write off a stream's queue: whole groups, up to ~WRITE_COALESCE."""
+    group = pending.popleft()
+    groups = [group]
+    size = group.nbytes
+    while pending and size < WRITE_COALESCE:
+        group = pending.popleft()
+        groups.append(group)
+        size += group.nbytes
+    if len(groups) == 1 and len(groups[0].messages) == 1:
+        data = groups[0].messages[0]
+    else:
+        data = b"".join([m for g in groups for m in g.messages])
+    return groups, size, data
+
+
+def split_pinned(groups: Iterable[TxGroup]) -> tuple[list[TxGroup], list[TxGroup]]:
+    """``groups`` as (the policy's, those sent to their stream with ``send_to``)."""
+    groups = list(groups)
+    plain = [g for g in groups if not g.pinned]
+    return plain, ([g for g in groups if g.pinned] if len(plain) < len(groups) else [])
