@@ -33,7 +33,7 @@ from ._feeds import ERROR_BACKLOG, EVENT_BACKLOG
 from ._lifecycle import Lifecycle, lowest_free
 from ._outgoing import OutgoingCheck
 from ._parsers import Parser, ParserLike, as_parser
-from ._policy import Policy, bind_policy, resolve_policy
+from ._policy import Policy, bind_policy, resolve_policies
 from ._receive import Receiver
 from ._socket import KCMSocket, SocketType, close_socket
 from ._stats import MuxStatistics, StreamState
@@ -546,10 +546,7 @@ async def open_mux(
     if not close_timeout >= 0:
         raise ValueError("close_timeout must be >= 0")
     the_parser = as_parser(parser)
-    base = resolve_policy(policy) if rx_policy is None or tx_policy is None else None
-    rx = resolve_policy(rx_policy) if rx_policy is not None else base
-    tx = resolve_policy(tx_policy) if tx_policy is not None else base
-    assert rx is not None and tx is not None
+    rx, tx = resolve_policies(policy, rx_policy, tx_policy)
     mux = Mux(
         parser=the_parser,
         rx_policy=rx,

@@ -238,6 +238,20 @@ def resolve_policy(spec: str | Policy) -> Policy:
     return spec
 
 
+def resolve_policies(
+    policy: str | Policy, rx_policy: str | Policy | None, tx_policy: str | Policy | None
+) -> tuple[Policy, Policy]:
+    """Internal: ``open_mux``'s three policy arguments -> (receive, transmit) objects.
+
+    One object for both sides when only ``policy`` is given (it is built once).
+    """
+    base = resolve_policy(policy) if rx_policy is None or tx_policy is None else None
+    rx = resolve_policy(rx_policy) if rx_policy is not None else base
+    tx = resolve_policy(tx_policy) if tx_policy is not None else base
+    assert rx is not None and tx is not None
+    return rx, tx
+
+
 # Policy objects in use, by id: (the policy, the mux it serves, how many sides).
 _bound: dict[int, tuple[Policy, object, int]] = {}
 _bound_lock = threading.Lock()

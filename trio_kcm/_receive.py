@@ -231,7 +231,13 @@ class Receiver:
 
     @enable_ki_protection
     def take(self, rx: SocketRx, max_messages: int) -> list[bytes]:
-        """Take up to ``max_messages`` from a non-empty queue (a receive)."""
+        """A receive: take up to ``max_messages`` from ``rx``'s (non-empty) queue.
+
+        Called in the receiving task.  The policy hears ``socket_drained``; a
+        socket that had stopped being a candidate (full) becomes one again
+        once it is down to half its buffer, which steers the hold queue and
+        wakes paused readers (see :meth:`_add_candidate`).
+        """
         queue = rx.queue
         if max_messages == 1 or len(queue) == 1:
             message = queue.popleft()[0]

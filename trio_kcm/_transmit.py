@@ -675,7 +675,16 @@ class Transmitter:
             self.written(stx, groups, size)
 
     def written(self, stx: StreamTx, groups: list[TxGroup], size: int) -> None:
-        """A write completed: count it, free the buffer space, tell the policy."""
+        """Completion: a write of ``groups`` (``size`` bytes) on ``stx`` is done.
+
+        Called by the writer after its ``send_all``, and by the sending task
+        after an eager write the kernel took whole.  It counts the messages,
+        frees their send-buffer space and hands it to waiting senders (whose
+        messages it accepts for them), tells the policy ``written`` (for a
+        policy that listens) and ``released`` when a socket has nothing left
+        on the stream -- not for a stream the policy no longer has, nor for
+        ``send_to`` groups -- and dispatches groups that waited for a stream.
+        """
         timed = self.timed
         now = self.clock() if timed else 0.0
         nmsgs = 0
