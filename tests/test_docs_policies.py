@@ -137,3 +137,12 @@ def test_the_protocol_table_lists_every_method_of_policy() -> None:
         if callable(value) and not name.startswith("_")
     }
     assert documented == methods
+
+
+def test_the_tutorials_harness_test_passes(installed: pathlib.Path) -> None:
+    (block,) = [b for b in code_blocks("python") if "PolicyHarness" in b]
+    namespace: dict[str, object] = {}
+    exec(compile(block, str(DOC), "exec"), namespace)
+    test = namespace["test_random_policy_uses_only_candidates"]
+    assert callable(test)
+    test()
