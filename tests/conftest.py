@@ -81,6 +81,11 @@ class PeerReader:
             self.buffer = b"".join(extra) + self.buffer
         return out[:count]
 
+    async def read_frames_within(self, count: int, seconds: float = 10) -> list[bytes]:
+        """:meth:`read_frames`, failing after ``seconds`` rather than hanging."""
+        with trio.fail_after(seconds):
+            return await self.read_frames(count)
+
     async def read_until_eof(self) -> tuple[list[bytes], bytes]:
         """Read everything until EOF; return the whole frames and any trailing partial."""
         while True:

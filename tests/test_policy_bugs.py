@@ -21,7 +21,6 @@ import trio_kcm
 from trio_kcm.policies import RoundRobin
 
 from .conftest import PeerReader, frame
-from .policy_drivers import read_frames
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -170,7 +169,7 @@ async def test_pick_stream_raising_in_the_writer_comes_out_of_open_mux() -> None
                 await holder.send(frame(b"held"))
                 assert policy.asked == 1
                 await sender.send(frame(b"goes"))
-                assert await read_frames(PeerReader(peer), 1) == [frame(b"goes")]
+                assert await PeerReader(peer).read_frames_within(1) == [frame(b"goes")]
                 await trio.testing.wait_all_tasks_blocked()
                 pytest.fail("the policy's exception was swallowed")  # pragma: no cover
         assert policy.asked == 2
@@ -319,4 +318,4 @@ async def test_one_policy_object_serves_one_open_mux() -> None:
         ours, peer = trio.testing.memory_stream_pair()
         again.attach(ours)
         await again.socket().send(frame(b"again"))
-        assert await read_frames(PeerReader(peer), 1) == [frame(b"again")]
+        assert await PeerReader(peer).read_frames_within(1) == [frame(b"again")]

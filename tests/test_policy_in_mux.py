@@ -17,7 +17,6 @@ import trio_kcm
 from trio_kcm.policies import BatchAffinity, LeastQueued, RoundRobin
 
 from .conftest import PeerReader, frame
-from .policy_drivers import read_frames
 
 P = trio_kcm.LengthPrefixed(">I", adjust=4)
 
@@ -137,7 +136,7 @@ async def test_round_robin_sends_alternate_streams(nstreams: int) -> None:
         for i, m in enumerate(messages):
             await (a if i % 3 else b).send(m)  # the turn is the mux's, not a socket's
         for k, peer in enumerate(peers):
-            assert await read_frames(peer, 4) == messages[k::nstreams]
+            assert await peer.read_frames_within(4) == messages[k::nstreams]
 
 
 async def test_round_robin_a_batch_is_one_group() -> None:
@@ -150,14 +149,14 @@ async def test_round_robin_a_batch_is_one_group() -> None:
             await sock.send(frame(b"g3a"))
             await sock.send(frame(b"g3b"))
         await sock.send(frame(b"g4"))
-        assert await read_frames(peers[0], 5) == [
+        assert await peers[0].read_frames_within(5) == [
             frame(b"g1a"),
             frame(b"g1b"),
             frame(b"g1c"),
             frame(b"g3a"),
             frame(b"g3b"),
         ]
-        assert await read_frames(peers[1], 2) == [frame(b"g2"), frame(b"g4")]
+        assert await peers[1].read_frames_within(2) == [frame(b"g2"), frame(b"g4")]
 
 
 async def test_batch_affinity_burst_stays_on_its_stream() -> None:
@@ -173,14 +172,14 @@ async def test_batch_affinity_burst_stays_on_its_stream() -> None:
             x.send_nowait(m)
         for m in burst_y:
             y.send_nowait(m)
-        assert await read_frames(peers[0], 5) == burst_x
-        assert await read_frames(peers[1], 3) == burst_y
+        assert await peers[0].read_frames_within(5) == burst_x
+        assert await peers[1].read_frames_within(3) == burst_y
         await trio.testing.wait_all_tasks_blocked()  # written: both released
         burst_x2 = [frame(b"x2 %d" % i) for i in range(4)]
         for m in burst_x2:
             x.send_nowait(m)
         # x's next burst takes the stream picked longest ago.
-        assert await read_frames(peers[0], 4) == burst_x2
+        assert await peers[0].read_frames_within(4) == burst_x2
         stats = [h.statistics() for h in mux.streams]
         assert [s.tx_msgs for s in stats] == [9, 3]
 
@@ -194,15 +193,15 @@ async def test_least_queued_transmit_in_a_real_mux() -> None:
         sock.send_nowait(big)  # stream 0: 1004 bytes queued
         for m in small:  # all smaller in total than the big one: stream 1
             sock.send_nowait(m)
-        assert await read_frames(peers[0], 1) == [big]
-        assert await read_frames(peers[1], 6) == small
+        assert await peers[0].read_frames_within(1) == [big]
+        assert await peers[1].read_frames_within(6) == small
         await trio.testing.wait_all_tasks_blocked()
         # Both empty again: equal loads alternate.
         more = [frame(b"m%d" % i) for i in range(6)]
         for m in more:
             sock.send_nowait(m)
-        got0 = await read_frames(peers[0], 3)
-        got1 = await read_frames(peers[1], 3)
+        got0 = await peers[0].read_frames_within(3)
+        got1 = await peers[1].read_frames_within(3)
         assert sorted(got0 + got1) == sorted(more)
         assert {tuple(got0), tuple(got1)} == {tuple(more[0::2]), tuple(more[1::2])}
 
@@ -232,7 +231,7 @@ async def test_rx_and_tx_policy_override_one_side_each() -> None:
         assert b.receive_many_nowait(10) == [frame(b"1"), frame(b"3")]
         for i in range(3):
             a.send_nowait(frame(b"t%d" % i))
-        assert await read_frames(PeerReader(peer), 3) == [frame(b"t%d" % i) for i in range(3)]
+        assert await PeerReader(peer).read_frames_within(3) == [frame(b"t%d" % i) for i in range(3)]
     both = LeastQueued()
     async with trio_kcm.open_mux(parser=P, policy=both) as mux:
         assert mux.rx_policy is both

@@ -23,7 +23,6 @@ import trio_kcm
 from trio_kcm.policies import BatchAffinity, LeastQueued, RoundRobin
 
 from .conftest import PeerReader, frame
-from .policy_drivers import read_frames
 
 P = trio_kcm.LengthPrefixed(">I", adjust=4)
 BUILTINS = {"round-robin": RoundRobin, "batch-affinity": BatchAffinity, "least-queued": LeastQueued}
@@ -200,7 +199,7 @@ async def test_plugin_policy_works_in_a_real_mux(fakeplug: Path) -> None:
             s1.receive_nowait()
         for i in range(4):
             await (s0 if i % 2 else s1).send(frame(b"out%d" % i))
-        assert await read_frames(PeerReader(pairs[0][1]), 4) == [
+        assert await PeerReader(pairs[0][1]).read_frames_within(4) == [
             frame(b"out%d" % i) for i in range(4)
         ]
         assert policy.events.count("pick_socket") == 6

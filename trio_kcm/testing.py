@@ -35,7 +35,7 @@ from ._errors import StreamError
 from ._lifecycle import Lifecycle, lowest_free
 from ._outgoing import OutgoingCheck
 from ._parsers import as_parser
-from ._policy import Policy, resolve_policy
+from ._policy import Policy, resolve_policies
 from ._receive import Receiver
 from ._socket import KCMSocket, SocketType, close_socket
 from ._stream import AttachedStream, life_of
@@ -108,10 +108,7 @@ class PolicyHarness:
         receive_buffer_size: int = _DEFAULT_BUFFER,
         send_buffer_size: int = _DEFAULT_BUFFER,
     ) -> None:
-        base = resolve_policy(policy) if rx_policy is None or tx_policy is None else None
-        rx = resolve_policy(rx_policy) if rx_policy is not None else base
-        tx = resolve_policy(tx_policy) if tx_policy is not None else base
-        assert rx is not None and tx is not None
+        rx, tx = resolve_policies(policy, rx_policy, tx_policy)
         self._rx_policy = rx
         self._tx_policy = tx
         self._now = 0.0
@@ -134,7 +131,6 @@ class PolicyHarness:
             tx_stall_timeout=None,
             clock=self._clock,
         )
-        self._sockets: dict[KCMSocket, None] = {}
         self._socket_indices: set[int] = set()
 
     def _clock(self) -> float:
@@ -186,7 +182,6 @@ class PolicyHarness:
             ),
             forget=self._forget,
         )
-        self._sockets[sock] = None
         return sock
 
     def sockets(self, count: int, **kwargs: int) -> list[KCMSocket]:
@@ -194,7 +189,6 @@ class PolicyHarness:
         return [self.socket(**kwargs) for _ in range(count)]
 
     def _forget(self, sock: KCMSocket) -> None:
-        self._sockets.pop(sock, None)
         self._socket_indices.discard(sock.index)
 
     @property
@@ -213,41 +207,42 @@ class PolicyHarness:
         Messages that waited on the stream since an earlier read (no socket
         had room) go first.  Each message gets one
         :meth:`~Policy.pick_socket` (a ``batch_affine`` policy: one per run),
-        then the read gets :meth:`~Policy.read_done`.  What no socket takes
-        waits on the stream.  With ``stream=None`` the messages are steered as
-        messages moving between sockets are (``pick_socket(None, ...)``); what
-        no socket takes waits in :attr:`held`.
+        then the read gets :meth:`~Policy.read_done`.  The read stops at the
+        first message no socket takes: it and the rest wait on the stream.
+        With ``stream=None`` the messages are steered as messages moving
+        between sockets are: behind those already in :attr:`held`, one
+        ``pick_socket(None, ...)`` each (batch-affine or not), then
+        ``read_done(None)``; what no socket takes waits in :attr:`held`.
 
         Returns:
-          The socket each message went to, in order; shorter than the
-          messages when some wait.
+          The socket each message went to, in order (the waiting ones
+          first); shorter than the messages when some wait.
 
         """
         recorder = self._recorder
         recorder.picks.clear()
-        before = {sock: sock.statistics().rx_queued_msgs for sock in self._sockets}
         batch = [bytes(m) for m in messages]
         receive = self._receive
         receive.msgs += len(batch)
         receive.bytes += sum(map(len, batch))
         if stream is None:
             receive.hold.extend((m, cast("AttachedStream", None)) for m in batch)
-            receive.steer_hold()
-        else:
-            srx = life_of(stream).rx
-            batch = [*srx.held, *batch]
-            srx.held = []
-            done = receive.steer(stream, batch)
-            srx.held = batch[done:]
-        got = {
-            sock: sock.statistics().rx_queued_msgs - n
-            for sock, n in before.items()
-            if sock in self._sockets
-        }
+            receive.steer_hold()  # one pick per message, batch-affine or not
+            return [sock for sock in recorder.picks if sock is not None]
+        srx = life_of(stream).rx
+        batch = [*srx.held, *batch]
+        srx.held = []
+        # Each run's socket is a candidate now (none is added during a read).
+        before = {sock: (rx, len(rx.queue)) for sock, rx in receive.candidates.items()}
+        done = receive.steer(stream, batch)
+        srx.held = batch[done:]
         picks = [sock for sock in recorder.picks if sock is not None]
-        if self._rx_policy.batch_affine:
-            # One pick per run: each socket's run is as long as what it got.
-            return [sock for sock in picks for _ in range(got[sock])]
+        if self._rx_policy.batch_affine and len(batch) > 1:
+            # One pick per run (as steer() decides): each run is as long as
+            # what its socket got, and a run ends when its socket is full, so
+            # no socket has two.
+            runs = [(sock, len(before[sock][0].queue) - before[sock][1]) for sock in picks]
+            return [sock for sock, count in runs for _ in range(count)]
         return picks
 
     def receive(self, sock: KCMSocket, max_messages: int = 1) -> list[bytes]:

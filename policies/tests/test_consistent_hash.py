@@ -11,21 +11,12 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kcm_policy_testkit import (
-    PARSER,
-    FakeSock,
-    FakeStream,
-    RxDriver,
-    TxDriver,
-    attach_peers,
-    frame,
-    socks,
-    streams,
-)
+from kcm_policy_testkit import PARSER, attach_peers, frame, strangers
 from trio_kcm_policies import ConsistentHash
 from trio_kcm_policies.consistent_hash import hash_key
 
 import trio_kcm
+from trio_kcm.testing import PolicyHarness
 
 KEYS = [b"key-%05d" % i for i in range(6000)]
 
@@ -39,21 +30,50 @@ def owners(policy: ConsistentHash, keys: list[bytes] = KEYS) -> dict[bytes, int 
     return out
 
 
-def with_sockets(indices: list[int], **options: Any) -> ConsistentHash:
+def harnessed(
+    n: int, receive_buffer_size: int = 1 << 20, **options: Any
+) -> tuple[PolicyHarness, ConsistentHash, list[trio_kcm.KCMSocket]]:
+    """A consistent-hash policy in a harness, with ``n`` sockets."""
     policy = ConsistentHash(**options)
+    h = PolicyHarness(policy)
+    return h, policy, h.sockets(n, receive_buffer_size=receive_buffer_size)
+
+
+def with_sockets(indices: list[int], **options: Any) -> ConsistentHash:
+    """A policy whose receive candidates are the sockets ``indices``, added in that order.
+
+    A harness numbers its sockets in turn, so all up to the highest index are
+    made; then each is disabled, and those in ``indices`` are enabled again,
+    in that order.
+    """
+    h, policy, pool = harnessed(max(indices) + 1, **options)
+    for sock in pool:
+        h.disable_receive(sock)
     for i in indices:
-        policy.socket_added(FakeSock(i))  # type: ignore[arg-type]
+        h.enable_receive(pool[i])
     return policy
 
 
-def fill(rx: RxDriver, sock: FakeSock, policy_keys: dict[bytes, int | None]) -> None:
-    """Deliver messages whose keys ``sock`` owns until it is full."""
-    mine = [k for k, owner in policy_keys.items() if owner == sock.index]
-    for key in mine:
-        if sock not in rx.candidates:
-            return
-        assert rx.pick(None, key) is sock
-    raise AssertionError("not enough keys to fill the socket")  # pragma: no cover
+def fill(h: PolicyHarness, sock: trio_kcm.KCMSocket) -> list[bytes]:
+    """Read messages whose keys ``sock`` owns, one a read, until it is full; return them.
+
+    They come on a stream of their own: nothing waits ahead of them.
+    """
+    policy = h.rx_policy
+    stream = h.attach()
+    own = (k for k in KEYS if policy.pick_socket(None, k) is sock)
+    delivered = []
+    while sock in h.receive_candidates:
+        key = next(own, None)
+        assert key is not None, "not enough keys to fill the socket"
+        assert h.read(stream, [key]) == [sock]
+        delivered.append(key)
+    return delivered
+
+
+def queued(h: PolicyHarness, socks: list[trio_kcm.KCMSocket]) -> dict[bytes, int]:
+    """Take every message queued on ``socks``: where each one was."""
+    return {m: s.index for s in socks for m in h.receive(s, 1 << 20)}
 
 
 # ---------------------------------------------------------------------------
@@ -90,9 +110,9 @@ def test_keys_are_spread_evenly() -> None:
 
 @pytest.mark.parametrize("n", [2, 4, 9])
 def test_adding_a_socket_moves_about_one_nth_of_keys_all_to_it(n: int) -> None:
-    policy = with_sockets(list(range(n)))
+    h, policy, _ = harnessed(n)
     before = owners(policy)
-    policy.socket_added(FakeSock(n))  # type: ignore[arg-type]
+    assert h.socket().index == n
     after = owners(policy)
     moved = [k for k in KEYS if before[k] != after[k]]
     # Every key that moved went to the newcomer: nobody else's keys moved.
@@ -103,21 +123,19 @@ def test_adding_a_socket_moves_about_one_nth_of_keys_all_to_it(n: int) -> None:
 
 @pytest.mark.parametrize("n", [3, 5, 10])
 def test_removing_a_socket_moves_only_its_keys(n: int) -> None:
-    rx = RxDriver(ConsistentHash())
-    pool = socks(n)
-    rx.add(*pool)
-    before = owners(rx.policy)
+    h, policy, pool = harnessed(n)
+    before = owners(policy)
     victim = pool[n // 2]
-    rx.disable(victim)
-    after = owners(rx.policy)
+    h.disable_receive(victim)
+    after = owners(policy)
     moved = [k for k in KEYS if before[k] != after[k]]
     assert {before[k] for k in moved} == {victim.index}  # only the victim's keys
     assert all(after[k] != victim.index for k in KEYS)
     expected = len(KEYS) / n
     assert 0.6 * expected < len(moved) < 1.4 * expected, (len(moved), expected)
     # It comes back: it takes back exactly its own keys.
-    rx.add(victim)
-    assert owners(rx.policy) == before
+    h.enable_receive(victim)
+    assert owners(policy) == before
 
 
 # ---------------------------------------------------------------------------
@@ -125,112 +143,108 @@ def test_removing_a_socket_moves_only_its_keys(n: int) -> None:
 
 
 def test_a_full_socket_keeps_its_keys_and_holds_their_messages() -> None:
-    rx = RxDriver(ConsistentHash())
-    pool = socks(4, receive_buffer_size=60)
-    rx.add(*pool)
-    before = owners(rx.policy)
+    h, policy, pool = harnessed(4, receive_buffer_size=60)
+    before = owners(policy)
     full = pool[1]
-    fill(rx, full, before)
-    assert full not in rx.candidates  # the mux said socket_removed
-    now = owners(rx.policy)
+    assert len(fill(h, full)) == 7  # 9 bytes each: 63 >= 60
+    assert full not in h.receive_candidates  # the mux said socket_removed
+    now = owners(policy)
     for key in KEYS:
         if before[key] == full.index:
             assert now[key] is None  # held: never handed to another socket
         else:
             assert now[key] == before[key]  # nobody else's keys moved
-    # The mux holds the message (its stream stops reading) ...
+    # The mux holds the message, and the rest of the read with it (the stream
+    # stops reading there) ...
     key = next(k for k in KEYS if before[k] == full.index)
-    stream = FakeStream(0)
+    stream = h.attach()
     other_key = next(k for k in KEYS if before[k] == 0)
-    assert rx.read(stream, [other_key, key, other_key]) == [pool[0], None]
-    # ... until the full socket's application receives: then it is its own again.
-    rx.receive(full, 1)
-    assert full in rx.candidates
-    assert owners(rx.policy) == before
-    assert rx.read(stream, [key, other_key]) == [full, pool[0]]
+    assert h.read(stream, [other_key, key, other_key]) == [pool[0]]
+    assert stream.statistics().rx_ready_msgs == 2
+    # ... until the full socket's application has received half its buffer:
+    # then its keys are its own again, and the stream goes on where it stopped.
+    h.receive(full, 3)
+    assert full not in h.receive_candidates  # 36 bytes: not yet
+    h.receive(full, 1)
+    assert full in h.receive_candidates
+    assert owners(policy) == before
+    assert h.read(stream, []) == [full, pool[0]]
 
 
 def test_when_full_next_goes_round_the_ring_then_comes_back() -> None:
-    rx = RxDriver(ConsistentHash(when_full="next"))
-    pool = socks(5, receive_buffer_size=60)
-    rx.add(*pool)
-    before = owners(rx.policy)
+    h, policy, pool = harnessed(5, receive_buffer_size=60, when_full="next")
+    before = owners(policy)
     full = pool[3]
-    fill(rx, full, before)
-    now = owners(rx.policy)
+    fill(h, full)
+    now = owners(policy)
     # Its keys go where they would if it were not on the ring at all; the
     # others' stay.
-    without = with_sockets([0, 1, 2, 4])
-    assert now == owners(without)
+    assert now == owners(with_sockets([0, 1, 2, 4]))
     assert all(now[k] == before[k] for k in KEYS if before[k] != full.index)
     # Two full: the walk skips both.
     second = pool[0]
-    fill(rx, second, now)
-    assert owners(rx.policy) == owners(with_sockets([1, 2, 4]))
+    fill(h, second)
+    assert owners(policy) == owners(with_sockets([1, 2, 4]))
     # Room again: everything back where it was.
-    rx.receive(full, 100)
-    rx.receive(second, 100)
-    assert owners(rx.policy) == before
+    h.receive(full, 100)
+    h.receive(second, 100)
+    assert owners(policy) == before
 
 
 def test_disabled_socket_leaves_the_ring_even_when_full() -> None:
-    rx = RxDriver(ConsistentHash())
-    pool = socks(4, receive_buffer_size=60)
-    rx.add(*pool)
-    before = owners(rx.policy)
+    h, policy, pool = harnessed(4, receive_buffer_size=60)
+    before = owners(policy)
     victim = pool[2]
-    fill(rx, victim, before)
-    queued = len(rx.queues[victim])
-    rx.disable(victim)  # full, then disabled: only socket_drained tells
-    assert victim.index not in rx.policy._rx_ring.members  # at once, not at its next pick
-    assert owners(rx.policy) == owners(with_sockets([0, 1, 3]))
-    # Its messages moved, each to its key's new owner.
+    filled = fill(h, victim)
+    h.disable_receive(victim)  # full, then disabled: no socket_removed
+    assert victim.index not in policy._rx_ring.members  # at once, not at its next pick
     without = with_sockets([0, 1, 3])
-    relocated = {m: s.index for s in pool for m in rx.queues[s] if before[m] == victim.index}
-    assert len(relocated) == queued
+    assert owners(policy) == owners(without)
+    # Its messages moved, each to its key's new owner.
+    relocated = queued(h, pool)
+    assert sorted(relocated) == sorted(filled)
     for m, index in relocated.items():
         assert without.pick_socket(None, m).index == index  # type: ignore[union-attr]
-    rx.add(victim)  # enable_receive
-    assert owners(rx.policy) == before
+    h.enable_receive(victim)
+    assert owners(policy) == before
 
 
 def test_a_socket_closed_while_full_does_not_hold_its_keys_forever() -> None:
     # The mux says socket_removed when it fills up, and nothing more when it
     # closes, but socket_drained (its queue moves away).
-    rx = RxDriver(ConsistentHash())
-    pool = socks(3, receive_buffer_size=60)
-    rx.add(*pool)
-    before = owners(rx.policy)
+    h, policy, pool = harnessed(3, receive_buffer_size=60)
+    before = owners(policy)
     victim = pool[0]
-    fill(rx, victim, before)
-    moved = list(rx.queues[victim])
-    rx.close(victim)
-    assert not rx.hold  # its messages found a home ...
-    homes = {m: s.index for s in pool[1:] for m in rx.queues[s] if m in moved}
-    assert sorted(homes) == sorted(moved)
+    moved = fill(h, victim)
+    h.close(victim)
+    assert not h.held  # its messages found a home ...
+    assert sorted(queued(h, pool[1:])) == sorted(moved)
     # ... and its keys are the others' now: nothing waits for a closed socket.
-    assert owners(rx.policy) == owners(with_sockets([1, 2]))
+    assert owners(policy) == owners(with_sockets([1, 2]))
     # A new socket gets the lowest free index, 0: it takes the same arcs.
-    newcomer = FakeSock(0, receive_buffer_size=60)
-    rx.add(newcomer)
-    assert owners(rx.policy) == before
-    assert rx.policy.pick_socket(None, moved[0]) is newcomer
+    newcomer = h.socket(receive_buffer_size=60)
+    assert newcomer.index == 0
+    assert owners(policy) == before
+    assert policy.pick_socket(None, moved[0]) is newcomer
 
 
 def test_index_reused_while_the_old_socket_was_never_evicted() -> None:
     # Closed while full, and no pick happened for its keys before the index
-    # came back: the newcomer replaces it, same arcs.
-    policy = ConsistentHash()
-    rx = RxDriver(policy)
-    pool = socks(3, receive_buffer_size=60)
-    rx.add(*pool)
+    # came back -- as in the mux when no socket could take its messages then:
+    # the newcomer replaces it, same arcs, and gets the messages that waited.
+    h, policy, pool = harnessed(3, receive_buffer_size=60)
     before = owners(policy)
-    fill(rx, pool[1], before)
-    pool[1].closed = True
-    pool[1].rx_queued_bytes = 0
-    policy.socket_drained(pool[1], 60)  # type: ignore[arg-type]
-    newcomer = FakeSock(1)
-    rx.add(newcomer)
+    for sock in pool:
+        fill(h, sock)  # full, all of them: they keep their keys
+    assert h.receive_candidates == ()
+    h.close(pool[1])
+    assert len(h.held) == 7  # nobody to pick for
+    newcomer = h.socket()
+    assert newcomer.index == 1
+    assert h.held == []
+    assert newcomer.statistics().rx_queued_msgs == 7
+    h.receive(pool[0], 100)
+    h.receive(pool[2], 100)
     assert owners(policy) == before
     assert policy.pick_socket(None, next(k for k in KEYS if before[k] == 1)) is newcomer
 
@@ -274,31 +288,31 @@ _ops = st.lists(
 def test_property_picks_follow_the_ring(ops: list[tuple[str, int]], when_full: str) -> None:
     replicas = 7
     policy = ConsistentHash(replicas=replicas, when_full=when_full)
-    rx = RxDriver(policy)
-    pool = socks(6, receive_buffer_size=3)
+    h = PolicyHarness(policy)
+    sockets: dict[int, trio_kcm.KCMSocket] = {}  # the open ones, by index
     keys = KEYS[:60]
     previous: dict[bytes, int | None] | None = None
     previous_members: set[int] = set()
-    opened: set[FakeSock] = set()
     for kind, i in ops:
-        sock = pool[i]
+        sock = sockets.get(i)
         if kind == "add":
-            if sock.closed:  # its index is free again: a new socket takes it
-                sock = pool[i] = FakeSock(i, receive_buffer_size=3)
-            rx.add(sock)
-            opened.add(sock)
+            if sock is None:  # a new socket: the lowest free index
+                sock = h.socket(receive_buffer_size=3)
+                sockets[sock.index] = sock
+            else:
+                h.enable_receive(sock)
+        elif sock is None:
+            pass
         elif kind == "disable":
-            rx.disable(sock)
+            h.disable_receive(sock)
         elif kind == "close":
-            rx.close(sock)
+            h.close(sockets.pop(i))
         elif kind == "receive":
-            rx.receive(sock, 10)
-        elif sock in rx.candidates:  # fill it, with a key of its own
-            own = [k for k in KEYS if policy.pick_socket(None, k) is sock]
-            while sock in rx.candidates:
-                assert rx.pick(None, own[0]) is sock
-        members = {s.index for s in opened if s.receive_enabled and not s.closed}
-        live = {s.index for s in rx.candidates}
+            h.receive(sock, 10)
+        elif sock in h.receive_candidates:  # fill it, with a key of its own
+            fill(h, sock)
+        members = {s.index for s in sockets.values() if s.receive_enabled}
+        live = {s.index for s in h.receive_candidates}
         assert live <= members
         if not live:
             continue
@@ -321,16 +335,14 @@ def test_property_picks_follow_the_ring(ops: list[tuple[str, int]], when_full: s
 
 
 def test_transmit_same_key_same_stream_and_minimal_movement() -> None:
-    policy = ConsistentHash()
-    tx = TxDriver(policy)
-    pool = streams(5)
-    tx.add(*pool)
-    sender = FakeSock(0)
+    h = PolicyHarness(ConsistentHash())
+    pool = h.attach_many(5)
+    sender = h.socket(send_buffer_size=1 << 20)
 
     def where() -> dict[bytes, int]:
         out = {}
         for key in KEYS[:3000]:
-            stream = tx.pick(sender, [key, b"rest of the batch"])
+            stream = h.send(sender, [key, b"rest of the batch"])
             assert stream is not None
             out[key] = stream.index
         return out
@@ -338,25 +350,30 @@ def test_transmit_same_key_same_stream_and_minimal_movement() -> None:
     before = where()
     assert where() == before
     assert len(set(before.values())) == 5
-    tx.remove(pool[2])
+    h.fail(pool[2])
     after = where()
     moved = [k for k in before if before[k] != after[k]]
     assert {before[k] for k in moved} == {2}
     assert 0.6 * 600 < len(moved) < 1.4 * 600
-    tx.add(FakeStream(2))  # a new stream given the same index: the same keys
+    # The failed stream's groups were picked for again: each is on its key's
+    # stream now, as new ones are.
+    for stream in h.transmit_candidates:
+        assert {after[group[0]] for group in h.queued(stream)} == {stream.index}
+    new = h.attach()
+    assert new.index == 2  # a new stream given the same index: the same keys
     assert where() == before
-    for s in list(tx.candidates):
-        tx.remove(s)
-    assert tx.pick(sender) is None
+    for stream in h.transmit_candidates:
+        h.fail(stream)
+    assert h.send(sender) is None
 
 
 def test_transmit_by_socket_keeps_each_socket_on_one_stream() -> None:
-    tx = TxDriver(ConsistentHash(tx_key="socket"))
-    tx.add(*streams(4))
-    senders = socks(40)
+    h = PolicyHarness(ConsistentHash(tx_key="socket"))
+    h.attach_many(4)
+    senders = h.sockets(40)
     chosen = {}
     for sender in senders:
-        picks = {tx.pick(sender, [b"message %d" % k]) for k in range(20)}
+        picks = {h.send(sender, [b"message %d" % k]) for k in range(20)}
         assert len(picks) == 1  # whatever the messages
         chosen[sender.index] = picks.pop()
     assert len(set(chosen.values())) == 4
@@ -410,8 +427,9 @@ def test_options_are_checked() -> None:
 
 def test_nothing_to_pick() -> None:
     policy = ConsistentHash()
+    sock, _ = strangers()
     assert policy.pick_socket(None, b"m") is None
-    assert policy.pick_stream(FakeSock(0), [b"m"], 1) is None  # type: ignore[arg-type]
+    assert policy.pick_stream(sock, [b"m"], 1) is None
 
 
 # ---------------------------------------------------------------------------

@@ -11,21 +11,12 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kcm_policy_testkit import (
-    PARSER,
-    FakeSock,
-    FakeStream,
-    RxDriver,
-    TxDriver,
-    attach_peers,
-    frame,
-    socks,
-    streams,
-)
+from kcm_policy_testkit import PARSER, attach_peers, frame
 from trio_kcm_policies import PowerOfTwoChoices
 from trio_kcm_policies._common import Candidates
 
 import trio_kcm
+from trio_kcm.testing import PolicyHarness
 
 
 class RecordingRandom(random.Random):
@@ -100,13 +91,12 @@ def test_candidates_two_is_a_uniform_pair_of_distinct_members() -> None:
 
 def test_two_sockets_always_the_emptier() -> None:
     # With two candidates both are drawn every time: p2c is exact.
-    rx = RxDriver(PowerOfTwoChoices(seed=1))
-    a, b = socks(2)
-    rx.add(a, b)
+    h = PolicyHarness(PowerOfTwoChoices(seed=1))
+    a, b = h.sockets(2)
     sizes = [random.Random(2).randint(1, 50) for _ in range(200)]
     for size in sizes:
         loads = (a.rx_queued_bytes, b.rx_queued_bytes)
-        sock = rx.pick(None, b"x" * size)
+        (sock,) = h.read(None, [b"x" * size])
         if loads[0] != loads[1]:
             assert sock is (a if loads[0] < loads[1] else b)
     assert abs(a.rx_queued_bytes - b.rx_queued_bytes) <= 50
@@ -115,12 +105,12 @@ def test_two_sockets_always_the_emptier() -> None:
 def test_one_socket_and_none() -> None:
     policy = PowerOfTwoChoices(seed=0)
     assert policy.pick_socket(None, b"m") is None
-    rx = RxDriver(policy)
-    (a,) = socks(1)
-    rx.add(a)
-    assert rx.pick(None) is a
-    rx.disable(a)
+    h = PolicyHarness(policy)
+    a = h.socket()
+    assert h.read(None, [b"m"]) == [a]
+    h.disable_receive(a)
     assert policy.pick_socket(None, b"m") is None
+    assert h.held == [b"m"]  # its message moved, and no socket can take it
 
 
 _rx_ops = st.lists(
@@ -139,47 +129,48 @@ _rx_ops = st.lists(
 def test_receive_property_never_the_fuller_of_the_two_drawn(ops: list[Any], seed: int) -> None:
     rng = RecordingRandom(seed)
     policy = PowerOfTwoChoices(rng=rng)
-    pool = socks(10, receive_buffer_size=60)
-    rx = RxDriver(policy)
+    h = PolicyHarness(policy)
+    pool = h.sockets(10, receive_buffer_size=60)
+    for sock in pool:
+        h.disable_receive(sock)  # no candidate to begin with
     for kind, i, n in ops:
         if kind == "add":
-            rx.add(pool[i])
+            h.enable_receive(pool[i])
         elif kind == "disable":
-            rx.disable(pool[i])
+            h.disable_receive(pool[i])
         elif kind == "receive":
-            rx.receive(pool[i], n)
+            h.receive(pool[i], n)
         else:
             for _ in range(n):
                 items = list(policy._rx.items)
-                assert set(items) == set(rx.candidates)  # it follows the events exactly
+                # It follows the events exactly.
+                assert set(items) == set(h.receive_candidates)
+                loads = {s: s.rx_queued_bytes for s in items}
                 rng.calls.clear()
-                sock = rx.pick(None, b"x" * i)
+                picked = h.read(None, [b"x" * i])
                 if not items:
-                    assert sock is None
+                    assert picked == [] and rng.calls == []  # not asked: it waits
                     continue
-                assert sock is not None
+                (sock,) = picked
                 if len(items) == 1:
                     assert rng.calls == [] and sock is items[0]
                     continue
                 first, second = sampled(items, rng.calls)
                 assert sock in (first, second)
                 other = second if sock is first else first
-                # Loads before this pick's delivery.
-                load = sock.rx_queued_bytes - i
-                assert load <= other.rx_queued_bytes, (sock, other)
+                assert loads[sock] <= loads[other], (sock, other)
 
 
 def test_receive_spreads_load_better_than_one_random_choice() -> None:
     # The defining effect: many sockets, messages arriving and some received
     # at random; the fullest queue stays close to the mean.
     rng = random.Random(7)
-    rx = RxDriver(PowerOfTwoChoices(seed=3))
-    pool = socks(50)
-    rx.add(*pool)
+    h = PolicyHarness(PowerOfTwoChoices(seed=3))
+    pool = h.sockets(50)
     for _ in range(20_000):
-        rx.pick(None, b"x")
+        h.read(None, [b"x"])
         if rng.random() < 0.45:
-            rx.receive(rng.choice(pool), 1)
+            h.receive(rng.choice(pool))
     loads = [s.rx_queued_bytes for s in pool]
     mean = sum(loads) / len(loads)
     # One random choice would leave a spread of several sqrt(mean); p2c keeps
@@ -189,16 +180,14 @@ def test_receive_spreads_load_better_than_one_random_choice() -> None:
 
 def test_same_seed_same_picks() -> None:
     def run(policy: PowerOfTwoChoices) -> list[int]:
-        rx = RxDriver(policy)
-        pool = socks(8)
-        rx.add(*pool)
+        h = PolicyHarness(policy)
+        pool = h.sockets(8)
         out = []
         for k in range(300):
-            sock = rx.pick(None, b"x" * (k % 7 + 1))
-            assert sock is not None
+            (sock,) = h.read(None, [b"x" * (k % 7 + 1)])
             out.append(sock.index)
             if k % 3 == 0:
-                rx.receive(pool[k % 8], 2)
+                h.receive(pool[k % 8], 2)
         return out
 
     assert run(PowerOfTwoChoices(seed=42)) == run(PowerOfTwoChoices(seed=42))
@@ -226,27 +215,25 @@ _tx_ops = st.lists(
 def test_transmit_property_never_the_fuller_of_the_two_drawn(ops: list[Any], seed: int) -> None:
     rng = RecordingRandom(seed)
     policy = PowerOfTwoChoices(rng=rng)
-    tx = TxDriver(policy)
-    sender = FakeSock(0)
-    made = 0
+    h = PolicyHarness(policy)
+    sender = h.socket()
     for kind, i in ops:
-        live = list(tx.candidates)
+        live = h.transmit_candidates
         if kind == "add":
-            tx.add(FakeStream(made))
-            made += 1
+            h.attach()
         elif kind == "remove":
             if live:
-                tx.remove(live[i % len(live)])
+                h.fail(live[i % len(live)])  # its groups are picked for again
         elif kind == "write":
-            busy = [t for t in live if tx.queued[t]]
+            busy = [t for t in live if h.queued(t)]
             if busy:
-                tx.write(busy[i % len(busy)])
+                h.write(busy[i % len(busy)])
         else:
             items = list(policy._tx.items)
             assert set(items) == set(live)
             loads = {t: t.tx_queued_bytes for t in live}
             rng.calls.clear()
-            stream = tx.pick(sender, [b"y" * i])
+            stream = h.send(sender, [b"y" * i])
             if len(items) < 2:
                 assert stream is (items[0] if items else None)
                 continue
@@ -257,21 +244,22 @@ def test_transmit_property_never_the_fuller_of_the_two_drawn(ops: list[Any], see
 
 
 def test_transmit_two_streams_the_less_loaded() -> None:
-    tx = TxDriver(PowerOfTwoChoices(seed=9))
-    t0, t1 = streams(2)
-    tx.add(t0, t1)
-    x = FakeSock(0)
-    assert tx.pick(x, [b"x" * 100]) in (t0, t1)
-    big = t0 if t0.tx_queued_bytes else t1
+    h = PolicyHarness(PowerOfTwoChoices(seed=9))
+    t0, t1 = h.attach_many(2)
+    x = h.socket()
+    big = h.send(x, [b"x" * 100])
+    assert big in (t0, t1)
     small = t1 if big is t0 else t0
     for _ in range(9):
-        assert tx.pick(x, [b"x" * 10]) is small  # 10..90 < 100
-    tx.write(big)
-    assert tx.pick(x, [b"x"]) is big
-    tx.remove(big)
-    assert tx.pick(x) is small
-    tx.remove(small)
-    assert tx.pick(x) is None
+        assert h.send(x, [b"x" * 10]) is small  # 10..90 < 100
+    h.write(big)
+    assert h.send(x, [b"x"]) is big
+    # big fails: its group is picked for again, on small.
+    h.fail(big)
+    assert len(h.queued(small)) == 10
+    assert h.send(x) is small
+    h.fail(small)
+    assert h.send(x) is None
 
 
 # ---------------------------------------------------------------------------

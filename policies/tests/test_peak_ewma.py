@@ -1,7 +1,9 @@
 """``peak-ewma``: the faster member wins, spikes count at once, and then decay.
 
-Time is Trio's: the unit tests run on ``mock_clock`` (time moves only when the
-test jumps it), the real-mux tests on ``autojump_clock``.
+Time is virtual.  The unit tests drive the policy through a
+:class:`~trio_kcm.testing.PolicyHarness` and give it the harness's clock
+(``clock=lambda: h.now``): time moves only when the test advances it, or a
+write takes time.  The real-mux tests run on ``autojump_clock``.
 """
 
 from __future__ import annotations
@@ -14,25 +16,25 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from kcm_policy_testkit import (
-    PARSER,
-    FakeSock,
-    Peer,
-    RxDriver,
-    TxDriver,
-    attach_peers,
-    frame,
-    socks,
-    streams,
-)
+from kcm_policy_testkit import PARSER, Peer, attach_peers, frame, strangers
 from trio_kcm_policies import PeakEwma
 from trio_kcm_policies.peak_ewma import Estimate
 
 import trio_kcm
+from trio_kcm.testing import PolicyHarness
 
 
-def estimate_of(policy: PeakEwma, sock: FakeSock) -> float:
-    return policy._rx_members[sock.index].est.value(trio.current_time(), policy._tau)
+def harnessed(**options: Any) -> tuple[PolicyHarness, PeakEwma]:
+    """A peak-ewma policy in a harness, on the harness's virtual clock."""
+    h: PolicyHarness
+    policy = PeakEwma(clock=lambda: h.now, **options)
+    h = PolicyHarness(policy)
+    return h, policy
+
+
+def estimate_of(policy: PeakEwma, sock: trio_kcm.KCMSocket) -> float:
+    """The socket's estimate now (on the policy's clock)."""
+    return policy._rx_members[sock.index].est.value(policy._clock(), policy._tau)
 
 
 # ---------------------------------------------------------------------------
@@ -94,269 +96,233 @@ def test_non_peak_average_follows_samples_both_ways() -> None:
 # receive
 
 
-def simulate(
-    policy: Any, clock: trio.testing.MockClock, service: list[float], steps: int
-) -> tuple[Counter[int], list[int]]:
+def simulate(h: PolicyHarness, service: list[float], steps: int) -> tuple[Counter[int], list[int]]:
     """A message every millisecond; socket ``i``'s worker takes ``service[i]``
-    seconds per message, and receives (drains) each as it starts on it."""
-    rx = RxDriver(policy)
-    pool = socks(len(service))
-    rx.add(*pool)
+    seconds per message, and receives each as it starts on it."""
+    pool = h.sockets(len(service))
     free = [0.0] * len(pool)
     due: list[deque[float]] = [deque() for _ in pool]
     counts: Counter[int] = Counter()
     longest = [0] * len(pool)
     for _ in range(steps):
-        now = trio.current_time()
+        now = h.now
         for s in pool:
             while due[s.index] and due[s.index][0] <= now + 1e-9:
                 due[s.index].popleft()
-                rx.receive(s, 1)
-        sock = rx.pick(None, b"m")
-        assert sock is not None
+                h.receive(s)
+        (sock,) = h.read(None, [b"m"])
         counts[sock.index] += 1
         start = max(now, free[sock.index])
         free[sock.index] = start + service[sock.index]
         due[sock.index].append(start)
-        longest[sock.index] = max(longest[sock.index], len(rx.queues[sock]))
-        clock.jump(0.001)
+        longest[sock.index] = max(longest[sock.index], sock.statistics().rx_queued_msgs)
+        h.advance(0.001)
     return counts, longest
 
 
-async def test_prefers_the_socket_that_drains_faster(mock_clock: trio.testing.MockClock) -> None:
+def test_prefers_the_socket_that_drains_faster() -> None:
     # 1000 messages/s; the fast worker handles 833/s, the slow one 250/s.
     # Even shares would swamp the slow one (500/s): its queue would grow by
     # 250 a second.  Peak-EWMA sends it what it can take.
-    counts, longest = simulate(PeakEwma(seed=1), mock_clock, [0.0012, 0.004], 3000)
+    h, _ = harnessed(seed=1)
+    counts, longest = simulate(h, [0.0012, 0.004], 3000)
     assert counts[0] > 0.75 * 3000, counts
     assert counts[1] > 0.05 * 3000, counts  # the slow one still works
     assert max(longest) <= 3, longest
     # The same workload round-robin: the slow worker's queue runs away.
-    rr = trio_kcm.load_policy("round-robin")
-    _, rr_longest = simulate(rr, mock_clock, [0.0012, 0.004], 3000)
+    _, rr_longest = simulate(PolicyHarness("round-robin"), [0.0012, 0.004], 3000)
     assert rr_longest[1] > 200
 
 
-async def test_reacts_at_once_to_a_spike_and_forgets_it_with_time(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    policy = PeakEwma(seed=2, decay=1.0)
-    rx = RxDriver(policy)
-    a, b = socks(2)
-    rx.add(a, b)
+def test_reacts_at_once_to_a_spike_and_forgets_it_with_time() -> None:
+    h, policy = harnessed(seed=2, decay=1.0)
+    a, b = h.sockets(2)
     # Both answer in 5 ms.
     for _ in range(200):
-        sock = rx.pick(None)
-        assert sock is not None
-        mock_clock.jump(0.005)
-        rx.receive(sock, 1)
+        (sock,) = h.read(None, [b"m"])
+        h.advance(0.005)
+        h.receive(sock)
     assert estimate_of(policy, a) == pytest.approx(0.005, rel=0.05)
     assert estimate_of(policy, b) == pytest.approx(0.005, rel=0.05)
     # One of a's messages waits 2 s: from the moment it is received, a is
     # avoided -- no averaging in first.
-    assert rx.pick(None) is not None
-    picked = a if rx.queues[a] else b
+    (picked,) = h.read(None, [b"m"])
     other = b if picked is a else a
-    mock_clock.jump(2.0)
-    rx.receive(picked, 1)
-    spike = trio.current_time()
+    h.advance(2.0)
+    h.receive(picked)
+    spike = h.now
     assert estimate_of(policy, picked) == pytest.approx(2.0)
     picks = []
     for _ in range(100):
-        sock = rx.pick(None)
+        (sock,) = h.read(None, [b"m"])
         picks.append(sock)
-        mock_clock.jump(0.005)
-        rx.receive(sock, 1)  # type: ignore[arg-type]
+        h.advance(0.005)
+        h.receive(sock)
     assert picks == [other] * 100
     # With no news from it, its estimate decays towards zero (time constant
     # 1 s): once 2 s * exp(-t) is below the other's 5 ms, it is tried again
     # (t = ln 400 = 6 s), and found fast.
     back = None
     for _ in range(2000):
-        sock = rx.pick(None)
+        (sock,) = h.read(None, [b"m"])
         if sock is picked and back is None:
-            back = trio.current_time() - spike
-        mock_clock.jump(0.005)
-        rx.receive(sock, 1)  # type: ignore[arg-type]
+            back = h.now - spike
+        h.advance(0.005)
+        h.receive(sock)
     assert back is not None
     assert back == pytest.approx(math.log(2.0 / 0.005), abs=0.2)
     assert estimate_of(policy, picked) < 0.01
 
 
-async def test_a_stalled_socket_is_avoided_before_it_reports(
-    mock_clock: trio.testing.MockClock,
-) -> None:
+def test_a_stalled_socket_is_avoided_before_it_reports() -> None:
     # A short time constant: without news, estimates fade within 0.1 s.
-    policy = PeakEwma(seed=3, decay=0.1)
-    rx = RxDriver(policy)
-    a, b = socks(2)
-    rx.add(a, b)
+    h, _ = harnessed(seed=3, decay=0.1)
+    a, b = h.sockets(2)
     for _ in range(100):
-        sock = rx.pick(None)
-        mock_clock.jump(0.001)
-        rx.receive(sock, 1)  # type: ignore[arg-type]
+        (sock,) = h.read(None, [b"m"])
+        h.advance(0.001)
+        h.receive(sock)
     # a's worker stops; b's goes on.  a's estimate is 1 ms and fading, and
     # nothing it drains will say otherwise, but its oldest message keeps
     # getting older: that is its latency now.
-    counts: Counter[FakeSock] = Counter()
+    counts: Counter[trio_kcm.KCMSocket] = Counter()
     for _ in range(1000):
-        sock = rx.pick(None)
-        assert sock is not None
+        (sock,) = h.read(None, [b"m"])
         counts[sock] += 1
-        mock_clock.jump(0.001)
+        h.advance(0.001)
         if sock is b:
-            rx.receive(b, 1)
+            h.receive(b)
     assert counts[a] <= 3, counts
 
 
-async def test_a_newcomer_starts_at_the_average_and_gets_its_share(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    policy = PeakEwma(seed=4)
-    rx = RxDriver(policy)
-    pool = socks(4)
-    rx.add(*pool[:3])
-    workers = {s: deque[float]() for s in pool}
+def test_a_newcomer_starts_at_the_average_and_gets_its_share() -> None:
+    h, policy = harnessed(seed=4)
+    h.sockets(3)
+    workers: dict[trio_kcm.KCMSocket, deque[float]] = {}
 
-    def step() -> FakeSock:
-        now = trio.current_time()
+    def step() -> trio_kcm.KCMSocket:
+        now = h.now
         for s, q in workers.items():
             while q and q[0] <= now + 1e-9:
                 q.popleft()
-                rx.receive(s, 1)
-        sock = rx.pick(None)
-        assert sock is not None
-        workers[sock].append(now + 0.004)  # everyone takes 4 ms to get to it
-        mock_clock.jump(0.001)
+                h.receive(s)
+        (sock,) = h.read(None, [b"m"])
+        # Everyone takes 4 ms to get to it.
+        workers.setdefault(sock, deque()).append(now + 0.004)
+        h.advance(0.001)
         return sock
 
     for _ in range(500):
         step()
     average = policy._rx_average
     assert average is not None
-    assert average.value(trio.current_time(), policy._tau) == pytest.approx(0.004, rel=0.1)
-    rx.add(pool[3])
-    assert estimate_of(policy, pool[3]) == pytest.approx(0.004, rel=0.1)  # a guess
+    assert average.value(h.now, policy._tau) == pytest.approx(0.004, rel=0.1)
+    late = h.socket()
+    assert estimate_of(policy, late) == pytest.approx(0.004, rel=0.1)  # a guess
     counts = Counter(step() for _ in range(1000))
     # Neither flooded nor starved: about a quarter of what comes next.
-    assert 0.15 < counts[pool[3]] / 1000 < 0.4, counts
-    assert policy._rx_members[3].est.measured
+    assert 0.15 < counts[late] / 1000 < 0.4, counts
+    assert policy._rx_members[late.index].est.measured
 
 
-async def test_initial_option_sets_the_guess(mock_clock: trio.testing.MockClock) -> None:
-    policy = PeakEwma(initial=0.25, seed=0)
-    rx = RxDriver(policy)
-    (a,) = socks(1)
-    rx.add(a)
+def test_initial_option_sets_the_guess() -> None:
+    h, policy = harnessed(initial=0.25, seed=0)
+    a = h.socket()
     assert estimate_of(policy, a) == 0.25
-    rx.pick(None)
-    mock_clock.jump(0.001)
-    rx.receive(a, 1)
+    h.read(None, [b"m"])
+    h.advance(0.001)
+    h.receive(a)
     assert estimate_of(policy, a) == pytest.approx(0.001)  # measured: the guess is gone
 
 
-async def test_messages_moved_away_are_not_samples(mock_clock: trio.testing.MockClock) -> None:
-    policy = PeakEwma(seed=5)
-    rx = RxDriver(policy)
-    a, b = socks(2)
-    rx.add(a, b)
+def test_messages_moved_away_are_not_samples() -> None:
+    h, policy = harnessed(seed=5)
+    a, b = h.sockets(2)
     for _ in range(20):
-        sock = rx.pick(None)
-        mock_clock.jump(0.002)
-        rx.receive(sock, 1)  # type: ignore[arg-type]
+        (sock,) = h.read(None, [b"m"])
+        h.advance(0.002)
+        h.receive(sock)
     before = estimate_of(policy, a)
     # Messages wait on a for a long time, then a is disabled: they move to b.
     for _ in range(100):
-        if rx.queues[a]:
+        if a.rx_queued_bytes:
             break
-        rx.pick(None)
-    assert rx.queues[a]
-    rx.receive(b, 100)
-    mock_clock.jump(30.0)
-    rx.disable(a)
-    assert not rx.queues[a]
+        h.read(None, [b"m"])
+    assert a.rx_queued_bytes
+    h.receive(b, 100)
+    h.advance(30.0)
+    h.disable_receive(a)
+    assert not a.rx_queued_bytes
+    assert b.rx_queued_bytes
     assert policy._rx_members[a.index].outstanding == deque()
     assert policy._rx_members[a.index].est.est == pytest.approx(before)
     # Moved messages restart their wait on b.
-    mock_clock.jump(0.003)
-    rx.receive(b, 100)
+    h.advance(0.003)
+    h.receive(b, 100)
     assert estimate_of(policy, b) < 1.0
-    rx.add(a)  # re-enabled: it kept its estimate
+    h.enable_receive(a)  # it kept its estimate
     assert policy._rx_members[a.index].est.est == pytest.approx(before)
 
 
-async def test_full_socket_disabled_its_moved_messages_are_not_samples(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    policy = PeakEwma(seed=6, initial=0.0)
-    rx = RxDriver(policy)
-    a = FakeSock(0, receive_buffer_size=3)
-    b = FakeSock(1)
-    rx.add(a)
-    for _ in range(3):
-        rx.pick(None)
-    assert a not in rx.candidates  # full
-    rx.add(b)
-    mock_clock.jump(30.0)
-    rx.disable(a)  # no socket_removed (it was not a candidate): socket_drained
-    assert rx.queues[b] and not rx.queues[a]
+def test_full_socket_disabled_its_moved_messages_are_not_samples() -> None:
+    h, policy = harnessed(seed=6, initial=0.0)
+    a = h.socket(receive_buffer_size=3)
+    assert h.read(None, [b"m"] * 3) == [a] * 3
+    assert a not in h.receive_candidates  # full
+    b = h.socket()
+    h.advance(30.0)
+    h.disable_receive(a)  # no socket_removed (it was not a candidate): socket_drained
+    assert b.rx_queued_bytes and not a.rx_queued_bytes
     assert not policy._rx_members[0].est.measured
     assert not policy._rx_members[0].outstanding
 
 
-async def test_ties_go_to_the_fewer_outstanding(mock_clock: trio.testing.MockClock) -> None:
+def test_ties_go_to_the_fewer_outstanding() -> None:
     # Nothing measured, no time passing: every cost is zero, and the picks
     # spread like least-loaded instead of piling up on whichever is drawn.
     for seed in range(5):
-        rx = RxDriver(PeakEwma(seed=seed))
-        pool = socks(2)
-        rx.add(*pool)
-        picks = Counter(rx.pick(None) for _ in range(20))
+        h, _ = harnessed(seed=seed)
+        pool = h.sockets(2)
+        picks = Counter(h.read(None, [b"m"] * 20))
         assert picks == {pool[0]: 10, pool[1]: 10}
 
 
-async def test_full_socket_keeps_its_outstanding_and_measures_the_wait(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    policy = PeakEwma(seed=6)
-    rx = RxDriver(policy)
-    a = FakeSock(0, receive_buffer_size=3)
-    rx.add(a)
-    for _ in range(3):
-        rx.pick(None)
-    assert a not in rx.candidates  # full: removed
-    mock_clock.jump(0.5)
-    rx.receive(a, 2)  # partly drained: the wait is measured, it is back
-    assert a in rx.candidates
+def test_full_socket_keeps_its_outstanding_and_measures_the_wait() -> None:
+    h, policy = harnessed(seed=6)
+    a = h.socket(receive_buffer_size=3)
+    h.read(None, [b"m"] * 3)
+    assert a not in h.receive_candidates  # full: removed
+    h.advance(0.5)
+    h.receive(a, 2)  # down to half its buffer: the wait is measured, it is back
+    assert a in h.receive_candidates
     assert estimate_of(policy, a) == pytest.approx(0.5)
     assert len(policy._rx_members[0].outstanding) == 1
 
 
-async def test_partial_drains_count_whole_messages(mock_clock: trio.testing.MockClock) -> None:
-    policy = PeakEwma(seed=0)
-    (a,) = socks(1)
-    policy.socket_added(a)  # type: ignore[arg-type]
+def test_partial_drains_count_whole_messages() -> None:
+    # The mux drains whole messages, but the protocol counts bytes: called
+    # directly, with a socket of the harness.
+    h, policy = harnessed(seed=0)
+    a = h.socket()
     assert policy.pick_socket(None, b"x" * 10) is a
-    mock_clock.jump(1.0)
+    h.advance(1.0)
     assert policy.pick_socket(None, b"y" * 10) is a
-    mock_clock.jump(1.0)
-    policy.socket_drained(a, 4)  # type: ignore[arg-type]  # part of the first
+    h.advance(1.0)
+    policy.socket_drained(a, 4)  # part of the first
     assert not policy._rx_members[0].est.measured
-    policy.socket_drained(a, 6)  # type: ignore[arg-type]  # the rest of it
+    policy.socket_drained(a, 6)  # the rest of it
     assert policy._rx_members[0].est.est == 2.0
-    policy.socket_drained(a, 10)  # type: ignore[arg-type]
+    policy.socket_drained(a, 10)
     assert not policy._rx_members[0].outstanding
 
 
-async def test_closed_socket_index_reused(mock_clock: trio.testing.MockClock) -> None:
-    policy = PeakEwma(seed=0, initial=0.0)
-    rx = RxDriver(policy)
-    a, b = socks(2)
-    rx.add(a, b)
-    policy._rx_members[0].est.sample(9.0, trio.current_time(), 10.0)
-    rx.close(a)
-    newcomer = FakeSock(0)
-    rx.add(newcomer)
+def test_closed_socket_index_reused() -> None:
+    h, policy = harnessed(seed=0, initial=0.0)
+    a, _ = h.sockets(2)
+    policy._rx_members[0].est.sample(9.0, h.now, 10.0)
+    h.close(a)
+    newcomer = h.socket()
+    assert newcomer.index == 0
     assert policy._rx_members[0].obj is newcomer
     assert estimate_of(policy, newcomer) == 0.0  # not the closed socket's 9 s
     assert sorted(m.obj.index for m in policy._rx.items) == [0, 1]
@@ -366,46 +332,41 @@ async def test_closed_socket_index_reused(mock_clock: trio.testing.MockClock) ->
 # transmit
 
 
-async def test_transmit_prefers_the_stream_that_writes_faster(
-    mock_clock: trio.testing.MockClock,
-) -> None:
-    policy = PeakEwma(seed=7)
-    tx = TxDriver(policy)
-    fast, slow = streams(2)
-    tx.add(fast, slow)
-    sender = FakeSock(0)
+def test_transmit_prefers_the_stream_that_writes_faster() -> None:
+    h, _ = harnessed(seed=7)
+    fast, slow = h.attach_many(2)
+    sender = h.socket()
     counts: Counter[Any] = Counter()
     for _ in range(500):
-        stream = tx.pick(sender, [b"m"])
+        stream = h.send(sender, [b"m"])
         assert stream is not None
         counts[stream] += 1
-        tx.write(stream, 0.001 if stream is fast else 0.050)
-        mock_clock.jump(0.001)
+        h.write(stream, 0.001 if stream is fast else 0.050)
+        h.advance(0.001)
     assert counts[fast] > 0.95 * 500, counts
     # A spike on the fast one: acted on at once.
-    tx.pick(sender, [b"m"])
-    tx.write(fast, 5.0)
-    picks = [tx.pick(sender) for _ in range(20)]
+    assert h.send(sender, [b"m"]) is fast
+    h.write(fast, 5.0)
+    picks = [h.send(sender) for _ in range(20)]
     assert picks == [slow] * 20
 
 
-async def test_transmit_outstanding_groups_count(mock_clock: trio.testing.MockClock) -> None:
-    policy = PeakEwma(seed=8, initial=0.01)
-    tx = TxDriver(policy)
-    t0, t1 = streams(2)
-    tx.add(t0, t1)
-    sender = FakeSock(0)
+def test_transmit_outstanding_groups_count() -> None:
+    h, policy = harnessed(seed=8, initial=0.01)
+    t0, t1 = h.attach_many(2)
+    sender = h.socket()
     # Equal estimates: groups alternate as each one's outstanding grows.
-    picks = [tx.pick(sender) for _ in range(10)]
+    picks = [h.send(sender) for _ in range(10)]
     assert Counter(picks) == {t0: 5, t1: 5}
     assert len(policy._tx_members[0].outstanding) == 5
-    tx.write(t0)
+    h.write(t0)
     assert len(policy._tx_members[0].outstanding) == 4
-    tx.remove(t1)  # failed: it is forgotten
+    h.fail(t1)  # it is forgotten, and its 5 groups are picked for again: on t0
     assert 1 not in policy._tx_members
-    assert [tx.pick(sender) for _ in range(3)] == [t0] * 3
-    tx.remove(t0)
-    assert tx.pick(sender) is None
+    assert len(policy._tx_members[0].outstanding) == 9
+    assert [h.send(sender) for _ in range(3)] == [t0] * 3
+    h.fail(t0)
+    assert h.send(sender) is None
 
 
 # ---------------------------------------------------------------------------
@@ -435,19 +396,19 @@ def test_options_are_checked() -> None:
 def test_an_injected_clock_needs_no_trio_run() -> None:
     now = [100.0]
     policy = PeakEwma(seed=1, clock=lambda: now[0])
-    rx = RxDriver(policy)
-    a, b = socks(2)
-    rx.add(a, b)
-    sock = rx.pick(None)
+    h = PolicyHarness(policy)  # the harness's clock is not the policy's
+    h.sockets(2)
+    (sock,) = h.read(None, [b"m"])
     now[0] += 0.25
-    rx.receive(sock, 1)  # type: ignore[arg-type]
-    assert policy._rx_members[sock.index].est.est == 0.25  # type: ignore[union-attr]
+    h.receive(sock)
+    assert policy._rx_members[sock.index].est.est == 0.25
 
 
 def test_nothing_to_pick() -> None:
     policy = PeakEwma(clock=lambda: 0.0)
+    sock, _ = strangers()
     assert policy.pick_socket(None, b"m") is None
-    assert policy.pick_stream(FakeSock(0), [b"m"], 1) is None  # type: ignore[arg-type]
+    assert policy.pick_stream(sock, [b"m"], 1) is None
 
 
 # ---------------------------------------------------------------------------

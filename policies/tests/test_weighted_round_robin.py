@@ -12,29 +12,19 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kcm_policy_testkit import (
-    PARSER,
-    FakeSock,
-    FakeStream,
-    RxDriver,
-    TxDriver,
-    attach_peers,
-    frame,
-    socks,
-    streams,
-)
+from kcm_policy_testkit import PARSER, attach_peers, frame, strangers
 from trio_kcm_policies import WeightedRoundRobin
 
 import trio_kcm
+from trio_kcm.testing import PolicyHarness
 
 
-def picks(rx: RxDriver, count: int) -> list[int]:
+def picks(h: PolicyHarness, count: int) -> list[int]:
     """``count`` picks, each received at once (nobody fills up)."""
     out = []
     for _ in range(count):
-        sock = rx.pick(None)
-        assert sock is not None
-        rx.receive(sock, 1)
+        (sock,) = h.read(None, [b"m"])
+        h.receive(sock)
         out.append(sock.index)
     return out
 
@@ -48,11 +38,9 @@ def longest_run(sequence: list[int], cyclic: bool = False) -> dict[int, int]:
     return out
 
 
-def driver(weights: dict[int, float], n: int) -> tuple[RxDriver, list[FakeSock]]:
-    rx = RxDriver(WeightedRoundRobin(socket_weights=weights))
-    pool = socks(n)
-    rx.add(*pool)
-    return rx, pool
+def harnessed(weights: dict[int, float], n: int) -> tuple[PolicyHarness, list[trio_kcm.KCMSocket]]:
+    h = PolicyHarness(WeightedRoundRobin(socket_weights=weights))
+    return h, h.sockets(n)
 
 
 # ---------------------------------------------------------------------------
@@ -60,8 +48,8 @@ def driver(weights: dict[int, float], n: int) -> tuple[RxDriver, list[FakeSock]]
 
 
 def test_five_one_one_is_interleaved_not_a_burst() -> None:
-    rx, _ = driver({0: 5}, 3)
-    seq = picks(rx, 21)
+    h, _ = harnessed({0: 5}, 3)
+    seq = picks(h, 21)
     assert "".join("abc"[i] for i in seq) == "abaacaa" * 3
     # Never more than three a's in a row, even across rounds (nginx's
     # sequence, a a b a c a a, has four across rounds; a list with a five
@@ -70,8 +58,8 @@ def test_five_one_one_is_interleaved_not_a_burst() -> None:
 
 
 def test_equal_weights_are_plain_round_robin() -> None:
-    rx, _ = driver({}, 4)
-    assert picks(rx, 12) == [0, 1, 2, 3] * 3
+    h, _ = harnessed({}, 4)
+    assert picks(h, 12) == [0, 1, 2, 3] * 3
 
 
 @pytest.mark.parametrize(
@@ -79,10 +67,10 @@ def test_equal_weights_are_plain_round_robin() -> None:
     [[1, 2], [3, 1, 1], [10, 1], [1, 1, 1, 7], [2.5, 1.0, 0.5], [100, 1, 1]],
 )
 def test_each_member_within_one_pick_of_its_share_at_every_point(weights: list[float]) -> None:
-    rx, _ = driver(dict(enumerate(weights)), len(weights))
+    h, _ = harnessed(dict(enumerate(weights)), len(weights))
     total = sum(weights)
     counts = Counter[int]()
-    for t, index in enumerate(picks(rx, 2000), start=1):
+    for t, index in enumerate(picks(h, 2000), start=1):
         counts[index] += 1
         for i, w in enumerate(weights):
             assert abs(counts[i] - t * w / total) < 1.0, (t, i, counts)
@@ -91,9 +79,9 @@ def test_each_member_within_one_pick_of_its_share_at_every_point(weights: list[f
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=8))
 def test_property_integer_weights_exact_per_round_and_smooth(weights: list[int]) -> None:
-    rx, _ = driver(dict(enumerate(weights)), len(weights))
+    h, _ = harnessed(dict(enumerate(weights)), len(weights))
     total = sum(weights)
-    seq = picks(rx, 3 * total)
+    seq = picks(h, 3 * total)
     # Each round of W picks gives each member exactly its weight.
     for r in range(3):
         assert Counter(seq[r * total : (r + 1) * total]) == {i: w for i, w in enumerate(weights)}
@@ -118,20 +106,20 @@ def test_property_shares_hold_between_membership_changes(
     """Toggle a member (full or disabled, then back), then run a while: in
     every stretch of fixed membership each member gets its share within 2."""
     n = len(weights)
-    rx, pool = driver(dict(enumerate(weights)), n)
+    h, pool = harnessed(dict(enumerate(weights)), n)
     for who, run in [(None, 30), *changes]:
         if who is not None and who < n:
-            if pool[who] in rx.candidates:
-                rx.disable(pool[who])
+            if pool[who] in h.receive_candidates:
+                h.disable_receive(pool[who])
             else:
-                rx.add(pool[who])
-        live = [s.index for s in rx.candidates]
+                h.enable_receive(pool[who])
+        live = [s.index for s in h.receive_candidates]
         if not live:
-            assert rx.pick(None) is None
+            assert h.rx_policy.pick_socket(None, b"m") is None  # (the mux would not ask)
             continue
         total = sum(weights[i] for i in live)
         counts = Counter[int]()
-        for t, index in enumerate(picks(rx, run), start=1):
+        for t, index in enumerate(picks(h, run), start=1):
             assert index in live
             counts[index] += 1
             for i in live:
@@ -143,11 +131,10 @@ def test_property_shares_hold_between_membership_changes(
 
 
 def test_a_newcomer_joins_now_no_burst_no_wait() -> None:
-    rx, _ = driver({}, 3)
-    picks(rx, 1000)  # long history: virtual time far on
-    late = FakeSock(3)
-    rx.add(late)
-    seq = picks(rx, 40)
+    h, _ = harnessed({}, 3)
+    picks(h, 1000)  # long history: virtual time far on
+    assert h.socket().index == 3
+    seq = picks(h, 40)
     # Its share from now on (a quarter), spread out: not 1000 picks of
     # "catching up", and not starved until the others' counts fall back.
     assert 3 in seq[:4]
@@ -156,32 +143,29 @@ def test_a_newcomer_joins_now_no_burst_no_wait() -> None:
 
 
 def test_a_heavy_newcomer_gets_its_share_smoothly() -> None:
-    rx, _ = driver({3: 6}, 3)
-    picks(rx, 999)
-    rx.add(FakeSock(3))
-    seq = picks(rx, 90)
+    h, _ = harnessed({3: 6}, 3)
+    picks(h, 999)
+    h.socket()
+    seq = picks(h, 90)
     assert Counter(seq) == {3: 60, 0: 10, 1: 10, 2: 10}
     assert longest_run(seq)[3] <= 3
 
 
 def test_a_socket_back_from_full_is_not_rushed() -> None:
-    policy = WeightedRoundRobin()
-    rx = RxDriver(policy)
-    slow = FakeSock(0, receive_buffer_size=2)
-    fast = FakeSock(1)
-    rx.add(slow, fast)
+    h = PolicyHarness(WeightedRoundRobin())
+    slow = h.socket(receive_buffer_size=2)
+    fast = h.socket()
     seq = []
     for _ in range(4):
-        sock = rx.pick(None)
-        assert sock is not None
+        (sock,) = h.read(None, [b"m"])
         seq.append(sock.index)
         if sock is fast:
-            rx.receive(fast, 1)
+            h.receive(fast)
     assert seq == [0, 1, 0, 1]
-    assert slow not in rx.candidates  # full: everything goes to fast meanwhile
-    assert picks(rx, 50) == [1] * 50
-    rx.receive(slow, 2)  # back: no burst of 50 to make up for the wait
-    assert picks(rx, 10) in ([0, 1] * 5, [1, 0] * 5)
+    assert slow not in h.receive_candidates  # full: everything goes to fast meanwhile
+    assert picks(h, 50) == [1] * 50
+    h.receive(slow, 2)  # back: no burst of 50 to make up for the wait
+    assert picks(h, 10) in ([0, 1] * 5, [1, 0] * 5)
 
 
 def test_weights_by_function_are_asked_each_time_a_socket_comes_back() -> None:
@@ -192,33 +176,31 @@ def test_weights_by_function_are_asked_each_time_a_socket_comes_back() -> None:
         asked.append(sock.index)
         return weights[sock.index]
 
-    rx = RxDriver(WeightedRoundRobin(socket_weights=weight))
-    a, b = socks(2)
-    rx.add(a, b)
-    assert Counter(picks(rx, 10)) == {0: 5, 1: 5}
+    h = PolicyHarness(WeightedRoundRobin(socket_weights=weight))
+    a, _ = h.sockets(2)
+    assert Counter(picks(h, 10)) == {0: 5, 1: 5}
     weights[0] = 4.0
-    rx.disable(a)
-    rx.add(a)
+    h.disable_receive(a)
+    h.enable_receive(a)
     assert asked == [0, 1, 0]
-    assert Counter(picks(rx, 50)) == {0: 40, 1: 10}
+    assert Counter(picks(h, 50)) == {0: 40, 1: 10}
 
 
 def test_heaps_stay_small_under_churn() -> None:
     policy = WeightedRoundRobin(socket_weights={0: 3, 2: 2})
-    rx = RxDriver(policy)
-    pool = socks(4)
-    rx.add(*pool)
+    h = PolicyHarness(policy)
+    pool = h.sockets(4)
     for k in range(20_000):
         victim = pool[k % 4]
         if k % 3 == 0:
-            if victim in rx.candidates:
-                rx.disable(victim)
+            if victim in h.receive_candidates:
+                h.disable_receive(victim)
             else:
-                rx.add(victim)
-        if rx.candidates:
-            picks(rx, 1)
+                h.enable_receive(victim)
+        if h.receive_candidates:
+            picks(h, 1)
         else:
-            assert rx.pick(None) is None
+            assert policy.pick_socket(None, b"m") is None  # (the mux would not ask)
         assert policy._rx.heap_size() <= 2 * 4 + 32 + 1
 
 
@@ -226,14 +208,13 @@ def test_heaps_stay_small_when_a_socket_flaps_between_picks() -> None:
     # Full, room, full, room... with no pick in between: each return pushes
     # an entry, and the stale ones must not pile up.
     policy = WeightedRoundRobin()
-    rx = RxDriver(policy)
-    a, b = socks(2)
-    rx.add(a, b)
+    h = PolicyHarness(policy)
+    a, _ = h.sockets(2)
     for _ in range(10_000):
-        rx.disable(a)
-        rx.add(a)
+        h.disable_receive(a)
+        h.enable_receive(a)
     assert policy._rx.heap_size() <= 2 * 2 + 32 + 1
-    assert Counter(picks(rx, 10)) == {0: 5, 1: 5}
+    assert Counter(picks(h, 10)) == {0: 5, 1: 5}
 
 
 # ---------------------------------------------------------------------------
@@ -241,28 +222,30 @@ def test_heaps_stay_small_when_a_socket_flaps_between_picks() -> None:
 
 
 def test_transmit_weights_and_removal() -> None:
-    tx = TxDriver(WeightedRoundRobin(stream_weights={1: 2}))
-    t0, t1, t2 = streams(3)
-    tx.add(t0, t1, t2)
-    sender = FakeSock(0)
+    h = PolicyHarness(WeightedRoundRobin(stream_weights={1: 2}))
+    t0, t1, t2 = h.attach_many(3)
+    sender = h.socket()
     seq = []
     for _ in range(40):
-        stream = tx.pick(sender, [b"m"])
+        stream = h.send(sender, [b"m"])
         assert stream is not None
         seq.append(stream.index)
-        tx.write(stream)
+        h.write(stream)
     assert Counter(seq) == {0: 10, 1: 20, 2: 10}
     assert longest_run(seq)[1] <= 2
-    tx.remove(t1)
-    assert Counter(tx.pick(sender) for _ in range(10)) == {t0: 5, t2: 5}  # type: ignore[misc]
+    h.fail(t1)  # nothing queued on it
+    assert Counter(h.send(sender) for _ in range(10)) == {t0: 5, t2: 5}
     # A new stream with index 1 is new: it gets its weight, not t1's past.
-    new = FakeStream(1)
-    tx.add(new)
-    got = Counter(tx.pick(sender) for _ in range(40))
+    new = h.attach()
+    assert new.index == 1
+    got = Counter(h.send(sender) for _ in range(40))
     assert got == {t0: 10, new: 20, t2: 10}
-    for s in (t0, new, t2):
-        tx.remove(s)
-    assert tx.pick(sender) is None
+    # A failed stream's groups are picked for again, by weight, on the others.
+    h.fail(t0)
+    assert (len(h.queued(new)), len(h.queued(t2))) == (20 + 10, 15 + 5)
+    h.fail(new)
+    h.fail(t2)
+    assert h.send(sender) is None
 
 
 # ---------------------------------------------------------------------------
@@ -286,9 +269,9 @@ def test_options_are_checked() -> None:
         WeightedRoundRobin(socket_weights=[1, 2])  # type: ignore[arg-type]
     # A weight function is checked on each answer; a bad one is a bug of the
     # policy's caller, raised from the event (and out of open_mux).
-    policy = WeightedRoundRobin(socket_weights=lambda sock: 0.0)
+    h = PolicyHarness(WeightedRoundRobin(socket_weights=lambda sock: 0.0))
     with pytest.raises(ValueError, match=r"socket_weights\(.*\) result= must be finite and > 0"):
-        policy.socket_added(FakeSock(0))  # type: ignore[arg-type]
+        h.socket()
     with pytest.raises(trio_kcm.PolicyLoadError) as info:
         trio_kcm.load_policy("weighted-round-robin", weights={0: 2})
     assert isinstance(info.value.__cause__, TypeError)
@@ -296,8 +279,9 @@ def test_options_are_checked() -> None:
 
 def test_nothing_to_pick() -> None:
     policy = WeightedRoundRobin()
+    sock, _ = strangers()
     assert policy.pick_socket(None, b"m") is None
-    assert policy.pick_stream(FakeSock(0), [b"m"], 1) is None  # type: ignore[arg-type]
+    assert policy.pick_stream(sock, [b"m"], 1) is None
 
 
 # ---------------------------------------------------------------------------
