@@ -41,8 +41,8 @@ from ._bugs import BugReport
 from ._policy import Policy
 from ._state import Phase
 from ._stream import life_of
+from ._txleave import StreamsLeaving
 from ._txstate import (
-    Aborted,
     Batch,
     PinnedTxGroup,
     SendWaiter,
@@ -50,7 +50,6 @@ from ._txstate import (
     StreamTx,
     TxGroup,
     collect,
-    split_pinned,
 )
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ _STALLED = Phase.STALLED
 
 
 @final
-class Transmitter:
+class Transmitter(StreamsLeaving):
     """The transmit scheduler of one mux: its policy, candidates, buffers and writers."""
 
     __slots__ = (
@@ -76,11 +75,8 @@ class Transmitter:
         "eager",
         "eager_ok",
         "msgs",
-        "outstanding",
         "owner",
         "policy",
-        "progress",
-        "retries",
         "sockets",
         "streams",
         "timed",
@@ -381,22 +377,6 @@ class Transmitter:
         stx.queued_msgs += n
         self._wake_writer(stx)
 
-    def _reject_senders_to(self, stx: StreamTx) -> None:
-        """Senders waiting to send_to a stream that failed or is leaving get its error."""
-        for tx in list(self.sockets):
-            waiters = tx.waiters
-            if not waiters:
-                continue
-            for task, waiter in list(waiters.items()):
-                if waiter.target is stx:
-                    del waiters[task]
-                    error = self._target_error(stx.life)  # one per task: tracebacks
-                    assert error is not None  # failed or leaving
-                    trio.lowlevel.reschedule(task, outcome.Error(error))
-            # Those that were behind them may fit now.
-            if waiters:
-                self._wake_senders(tx)
-
     # -- scheduling --------------------------------------------------------------
 
     def _pick(self, tx: SocketTx, group: TxGroup) -> StreamTx | None:
@@ -456,44 +436,6 @@ class Transmitter:
             for tx in list(self.waiting):
                 self._drain_queue(tx)
 
-    def _take_pending(self, stx: StreamTx, *, pinned: bool = True) -> list[TxGroup]:
-        """Remove the groups queued on a stream that are not being written.
-
-        With ``pinned=False``, groups sent to it with ``send_to`` stay.
-        """
-        pending = stx.pending  # in place: the writer holds it
-        if pinned:
-            groups = list(pending)
-            pending.clear()
-        else:
-            groups, keep = split_pinned(pending)
-            pending.clear()
-            pending.extend(keep)
-        for group in groups:
-            stx.queued_bytes -= group.nbytes
-            stx.queued_msgs -= len(group.messages)
-        return groups
-
-    def requeue(self, groups: list[TxGroup]) -> None:
-        """Put groups back at the head of their sockets' queues and pick again."""
-        if not groups:
-            return
-        for group in reversed(groups):
-            group.sock.queue.appendleft(group)
-            self.waiting[group.sock] = None
-            self.retries += len(group.messages)
-        self._dispatch_waiting()
-
-    def _give_up(self, groups: list[TxGroup]) -> None:
-        """Messages that will not be sent: free their buffer space."""
-        for group in groups:
-            tx = group.sock
-            tx.queued_bytes -= group.nbytes
-            tx.queued_msgs -= len(group.messages)
-            self.outstanding -= group.nbytes
-            if tx.waiters:
-                self._wake_senders(tx)
-
     # -- streams: candidacy and leaving ------------------------------------------
 
     def open_stream(self, life: StreamLife) -> StreamTx:
@@ -520,59 +462,6 @@ class Transmitter:
             self.policy.stream_removed(handle)
             if self.progress is not None:
                 self.progress.set()
-
-    def leave(self, stx: StreamTx) -> None:
-        """The stream is being unattached: what the policy queued there goes elsewhere.
-
-        Messages sent to it with ``send_to`` stay: they are written first, and
-        senders waiting to ``send_to`` it get ClosedResourceError.
-        """
-        self.remove_candidate(stx)
-        self.requeue(self._take_pending(stx, pinned=False))
-        self._reject_senders_to(stx)
-        stx.lot.unpark_all()
-
-    def stall(self, stx: StreamTx) -> list[TxGroup]:
-        """The stream stalled: not a candidate; return its groups that may move."""
-        self.remove_candidate(stx)
-        return self._take_pending(stx, pinned=False)
-
-    def abort(self, stx: StreamTx) -> Aborted:
-        """The stream failed: take everything off it (see :meth:`reroute`)."""
-        self.remove_candidate(stx)
-        inflight = stx.inflight or []
-        stx.inflight = None
-        stx.rest = None
-        if inflight:
-            stx.aborts += 1
-            for group in inflight:
-                stx.queued_bytes -= group.nbytes
-                stx.queued_msgs -= len(group.messages)
-        in_doubt = tuple(m for g in inflight for m in g.messages)
-        # Groups sent to this stream with send_to go nowhere else: those not
-        # started are unsent, those in flight are in doubt; neither is retried.
-        retry, lost = split_pinned(self._take_pending(stx))
-        unsent = tuple(m for g in lost for m in g.messages)
-        inflight, lost_inflight = split_pinned(inflight)
-        return Aborted(in_doubt, unsent, retry, inflight, lost + lost_inflight)
-
-    def reroute(self, stx: StreamTx, aborted: Aborted, *, retry_in_doubt: bool) -> None:
-        """After :meth:`abort` (and the stream's error is set): retry or give up."""
-        if retry_in_doubt:
-            self.requeue(aborted.inflight + aborted.retry)
-        else:
-            # Requeue first: space freed by giving up wakes senders, whose
-            # messages must queue behind the retried ones.
-            self.requeue(aborted.retry)
-            self._give_up(aborted.inflight)
-        self._give_up(aborted.lost)
-        self._reject_senders_to(stx)
-
-    def close_stream(self, stx: StreamTx) -> None:
-        """The stream left the mux."""
-        self.streams.pop(stx, None)
-        if self.progress is not None:
-            self.progress.set()
 
     # -- writing -----------------------------------------------------------------
 
@@ -722,29 +611,6 @@ class Transmitter:
             self._dispatch_waiting()
         if self.progress is not None:
             self.progress.set()
-
-    # -- closing -----------------------------------------------------------------
-
-    def stalled_writes(self) -> bool:
-        """Whether a stalled stream still has a write in progress."""
-        return any(s.life.phase is _STALLED and s.inflight for s in self.streams)
-
-    async def drain(self) -> None:
-        """Wait until what was accepted is written, or nothing can write it."""
-        try:
-            while self.outstanding > 0 and (self.candidates or self.stalled_writes()):
-                self.progress = trio.Event()
-                await self.progress.wait()
-        finally:
-            self.progress = None
-
-    def unsent(self) -> int:
-        """Accepted messages not written: waiting for a stream, queued, in flight."""
-        dropped = sum(len(g.messages) for tx in self.waiting for g in tx.queue)
-        for stx in self.streams:
-            groups = list(stx.pending) + list(stx.inflight or ())
-            dropped += sum(len(g.messages) for g in groups)
-        return dropped
 
 
 def _closed_error() -> outcome.Error:
