@@ -13,6 +13,7 @@ The needles are built from pieces, so that this file does not name them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,11 +21,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: What no file may contain (matched case-insensitively).
+#: What no file may contain: the notes' file names, as names (not inside
+#: another name: "colr-gradients-spec.md" is no mention), and their folder.
 NEEDLES = (
     "SPEC" + ".md",
     "kcm" + "-reference",
     "/work/" + "shared",
+)
+_PATTERN = re.compile(
+    "|".join(rf"(?<![\w.-]){re.escape(n)}" if n[0].isalnum() else re.escape(n) for n in NEEDLES)
 )
 
 #: Directories never searched when walking a tree without git: version
@@ -80,16 +85,25 @@ def _walked_files(root: Path) -> Iterator[Path]:
 
 
 def repository_files(root: Path) -> list[Path]:
-    """The repository's files: from git in a checkout, else by walking the tree (an sdist)."""
+    """The repository's files: from git in a checkout, else by walking the tree (an sdist).
+
+    Virtual environments made inside the tree (a folder with ``pyvenv.cfg``)
+    are not the repository's, whatever their name.
+    """
     files = _git_files(root)
     if files is None:
         files = list(_walked_files(root))
-    return [f for f in files if f.is_file() and not f.is_symlink()]
+    return [f for f in outside_venvs(files) if f.is_file() and not f.is_symlink()]
+
+
+def outside_venvs(files: list[Path]) -> list[Path]:
+    """``files`` less those inside a virtual environment (a folder with ``pyvenv.cfg``)."""
+    venvs = {f.parent for f in files if f.name == "pyvenv.cfg"}
+    return [f for f in files if not any(v in f.parents for v in venvs)]
 
 
 def mentions(root: Path, files: list[Path]) -> list[str]:
     """``path:line: text`` for each line of a text file that contains a needle."""
-    needles = [n.lower() for n in NEEDLES]
     found = []
     for path in files:
         try:
@@ -99,10 +113,10 @@ def mentions(root: Path, files: list[Path]) -> list[str]:
         if b"\0" in data[:8192]:
             continue  # binary
         text = data.decode("utf-8", "replace")
-        if not any(n in text.lower() for n in needles):
+        if not _PATTERN.search(text):
             continue
         for number, line in enumerate(text.splitlines(), 1):
-            if any(n in line.lower() for n in needles):
+            if _PATTERN.search(line):
                 found.append(f"{path.relative_to(root).as_posix()}:{number}: {line.strip()}")
     return found
 
@@ -123,9 +137,20 @@ def test_the_search_finds_a_mention(tmp_path: Path) -> None:
     # the directories skipped and binary files are not searched.
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "page.md").write_text("# Page\n\nSee the " + NEEDLES[0] + " file.\n")
-    (tmp_path / "notes.txt").write_text("nothing here\n")
+    (tmp_path / "notes.txt").write_text("the colr-gradients-" + NEEDLES[0].lower() + " file\n")
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "__pycache__" / "cached.txt").write_text(NEEDLES[1] + "\n")
     (tmp_path / "blob.bin").write_bytes(b"\0" + NEEDLES[1].encode())
     found = mentions(tmp_path, list(_walked_files(tmp_path)))
     assert found == [f"docs/page.md:3: See the {NEEDLES[0]} file."]
+
+
+def test_a_virtual_environment_in_the_tree_is_not_searched(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    venv = tmp_path / ".v"
+    (venv / "lib").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr\n")
+    (venv / "lib" / "METADATA").write_text("See " + NEEDLES[0] + "\n")
+    files = [tmp_path / "pyproject.toml", venv / "pyvenv.cfg", venv / "lib" / "METADATA"]
+    assert outside_venvs(files) == [tmp_path / "pyproject.toml"]
+    assert mentions(tmp_path, files) != []  # it would be found, were it searched
