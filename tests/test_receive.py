@@ -198,3 +198,16 @@ async def test_closed_mux() -> None:
     ours, _ = trio.testing.memory_stream_pair()
     with pytest.raises(trio.ClosedResourceError):
         mux.attach(ours)
+
+
+async def test_async_for_ends_when_the_mux_closes_not_when_you_close_the_socket() -> None:
+    async with trio_kcm.open_mux(parser=trio_kcm.LengthPrefixed(">I", adjust=4)) as mux:
+        mine = mux.socket()
+        iterated = mux.socket()
+        await mine.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await mine.__anext__()  # closed by us: an error, as for a closed channel
+    with pytest.raises(trio.ClosedResourceError):
+        await mine.__anext__()  # still ours that closed it, after the mux closed too
+    with pytest.raises(StopAsyncIteration):
+        await iterated.__anext__()  # closed by the mux: iteration ends
