@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ._suite import GRID, PAYLOADS, Config
+from ._suite import FLOORS, GRID, PAYLOADS, Config
 
 BEGIN = "<!-- benchmark results: begin (python -m benchmarks --update-doc) -->"
 END = "<!-- benchmark results: end -->"
@@ -45,6 +45,47 @@ def progress(config: Config, entry: dict[str, Any]) -> str:
     rx = entry["rx"]
     cpu = f"rx cpu {rx.get('cpu', 0):.0%}, tx cpu {entry['tx'].get('cpu', 0):.0%}"
     return head + f"{_rate(rx['msgs_per_s'])} msgs/s ({rx['seconds']:.2f} s, {cpu})"
+
+
+def floor_progress(run: dict[str, Any]) -> str:
+    head = f"{'floor':24} {'':>6}  rep {run['rep'] + 1}: "
+    if "error" in run:
+        return head + "FAILED: " + str(run["error"]).splitlines()[0]
+    return head + ", ".join(f"{key[6:]} {_rate(run[key])}/s" for key in FLOORS)
+
+
+def _floors(report: dict[str, Any]) -> list[Row]:
+    """The floors: median, min and max of the repetitions, per floor."""
+    floor = report.get("floor") or {}
+    runs = floor.get("runs") or []
+    if not runs:
+        return []
+    ok = [r for r in runs if "error" not in r]
+    errors = [r["error"] for r in runs if "error" in r]
+    out: list[Row] = []
+    for key, label in FLOORS.items():
+        row: Row = {
+            "key": key,
+            "label": label,
+            "count": floor.get("count"),
+            "reps": len(ok),
+            "errors": errors,
+        }
+        rates = [r[key] for r in ok]
+        if rates:
+            row.update(msgs_per_s=statistics.median(rates), min=min(rates), max=max(rates))
+        out.append(row)
+    return out
+
+
+#: Throughput rows that get ratios to the floors: one ``await`` per message.
+PER_MESSAGE_KINDS = ("kcm-send",)
+#: The ratio keys of a throughput row, and the floor each is to.
+FLOOR_RATIOS = (
+    ("vs_floor", "floor-pair"),
+    ("vs_floor_send", "floor-send"),
+    ("vs_floor_receive", "floor-receive"),
+)
 
 
 def summarise(report: dict[str, Any]) -> dict[str, list[Row]]:
@@ -93,13 +134,22 @@ def summarise(report: dict[str, Any]) -> dict[str, list[Row]]:
             base = by.get((ref, row["payload"]), {}).get("msgs_per_s")
             mine = row.get("msgs_per_s")
             row[name] = mine / base if mine and base else None
+    floors = _floors(report)
+    floor_rate = {r["key"]: r.get("msgs_per_s") for r in floors}
+    kinds = {c["key"]: c.get("kind") for c in report["configs"]}
+    for row in throughput:
+        per_message = kinds.get(row["key"]) in PER_MESSAGE_KINDS
+        for name, ref in FLOOR_RATIOS:
+            base = floor_rate.get(ref)
+            mine = row.get("msgs_per_s")
+            row[name] = mine / base if per_message and mine and base else None
     lat = {r["key"]: r for r in latency}
     for row in latency:
         for ref, name in (("ping-raw", "vs_raw"), ("ping-zmq", "vs_zmq")):
             base = lat.get(ref, {}).get("p50_us")
             mine = row.get("p50_us")
             row[name] = mine / base if mine and base else None
-    return {"throughput": throughput, "latency": latency}
+    return {"throughput": throughput, "latency": latency, "floors": floors}
 
 
 # ----------------------------------------------------------------------------
@@ -253,6 +303,8 @@ def markdown(report: dict[str, Any]) -> str:
         if grid:
             lines.extend(grid)
 
+    lines.extend(_floor_section(summary.get("floors") or [], rows))
+
     if summary["latency"]:
         add("### Latency: 64 B request/response, one in flight")
         add("")
@@ -352,6 +404,52 @@ def markdown(report: dict[str, Any]) -> str:
             )
             add("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _floor_section(floors: list[Row], rows: list[Row]) -> list[str]:
+    """The floors, and the per-message rows as a share of them."""
+    if not floors:
+        return []
+    first = floors[0]
+    out = [
+        "### Floors: Trio's own per-await rate",
+        "",
+        "One process, no I/O: 64 B items through an unbounded"
+        " `trio.open_memory_channel(inf)`, one `await` per item, so each await is one trip"
+        f" through Trio's scheduler ({first['count']:,} items; median of {first['reps']}"
+        " run(s); spread = min-max).  In a per-message row the sender process makes one"
+        " `await sock.send()` per message and the receiver process one `await sock.receive()`"
+        " (the mux's own tasks move many messages per await), so the send-alone and"
+        " receive-alone floors bound each process; the pair is both ends in one process.",
+        "",
+        "| floor | items/s | spread |",
+        "|---|---:|---:|",
+    ]
+    for f in floors:
+        if "msgs_per_s" not in f:
+            out.append(f"| {f['label']} | failed | |")
+            continue
+        out.append(
+            f"| {f['label']} | {_rate(f['msgs_per_s'])} | {_rate(f['min'])} - {_rate(f['max'])} |"
+        )
+    out.append("")
+    mine = [r for r in rows if r.get("vs_floor") is not None]
+    if mine:
+        out += [
+            "The per-message trio-kcm rows of the throughput table, as a share of each floor"
+            " (1.00x: as fast as Trio moves one item per await in one process):",
+            "",
+            "| configuration | payload | msgs/s | x pair floor | x send floor | x receive floor |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in mine:
+            out.append(
+                f"| {r['label']} | {_size(r['payload'])} | {_rate(r['msgs_per_s'])} |"
+                f" {_ratio(r['vs_floor'])} | {_ratio(r['vs_floor_send'])} |"
+                f" {_ratio(r['vs_floor_receive'])} |"
+            )
+        out.append("")
+    return out
 
 
 def _pairs(left: list[Any], right: list[Any], count: int) -> list[str]:

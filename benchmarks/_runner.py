@@ -32,6 +32,7 @@ from ._suite import (
     PING,
     PING_PAYLOAD,
     QUICK_COUNT,
+    QUICK_FLOOR,
     QUICK_PAYLOADS,
     QUICK_PING,
     QUICK_THROUGHPUT,
@@ -52,6 +53,8 @@ PING_COUNT = 10_000
 PING_WARMUP = 1_000
 #: Idle streams and sockets for the memory measurement.
 MEMORY_COUNT = 1_000
+#: Items of the floor's calibration run (full mode).
+FLOOR_CALIBRATE = 20_000
 #: Seconds one run may take before both processes are killed.
 RUN_TIMEOUT = 90.0
 
@@ -162,6 +165,23 @@ def run_memory(count: int) -> dict[str, Any]:
             proc.communicate()
 
 
+def run_floor(count: int) -> dict[str, Any]:
+    """The floors (Trio's own per-await rate), ``count`` items each, in a process of its own."""
+    spec = Spec(kind="floor", payload=64, count=count)
+    proc = _start(_command("floor", spec, None, None))
+    try:
+        return _result("floor worker", proc, time.monotonic() + RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def calibrate_floor(seconds: float) -> int:
+    """Items for the floor's pair (its slowest part) to take about ``seconds`` here."""
+    return _round(run_floor(FLOOR_CALIBRATE)["floor-pair"] * seconds)
+
+
 def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -223,6 +243,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the floors (Trio's own per-await rate; runs even with --only,"
+        " so that '--only floor' runs the floors alone)",
+    )
+    p.add_argument(
         "--render",
         type=Path,
         metavar="JSON",
@@ -281,10 +307,20 @@ def main(argv: list[str] | None = None) -> int:
             counts[cls, payload] = calibrate(CALIBRATE[cls], payload, args.seconds)
             _log(f"  calibrated {cls:14} {payload:6} B: {counts[cls, payload]:>10,} messages")
     ping_count, ping_warmup = (QUICK_PING, 50) if quick else (PING_COUNT, PING_WARMUP)
+    floor_count = 0
+    floor: dict[str, Any] | None = None
+    if not args.no_floor:
+        try:
+            floor_count = QUICK_FLOOR if quick else calibrate_floor(args.seconds)
+            floor = {"count": floor_count, "runs": []}
+            _log(f"  calibrated {'floor':14} {'':6}   {floor_count:>10,} items")
+        except RunError as exc:
+            floor = {"count": 0, "runs": [{"rep": 0, "error": str(exc)}]}
 
     runs: list[dict[str, Any]] = []
     todo = [(c, p) for c in throughput for p in payloads] + [(c, PING_PAYLOAD) for c in pings]
-    total = len(todo) * reps
+    with_floor = floor is not None and floor_count > 0
+    total = (len(todo) + with_floor) * reps
     done = 0
     for rep in range(reps):
         for config, payload in todo:
@@ -307,6 +343,19 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(entry)
             took = time.monotonic() - t0
             _log(f"  [{done:3}/{total}] {_report.progress(config, entry)} ({took:.1f} s)")
+        if with_floor:
+            # Once per repetition, like every configuration.
+            assert floor is not None
+            done += 1
+            t0 = time.monotonic()
+            floor_run: dict[str, Any] = {"rep": rep}
+            try:
+                floor_run.update(run_floor(floor_count))
+            except RunError as exc:
+                floor_run["error"] = str(exc)
+            floor["runs"].append(floor_run)
+            took = time.monotonic() - t0
+            _log(f"  [{done:3}/{total}] {_report.floor_progress(floor_run)} ({took:.1f} s)")
 
     memory = None
     if not args.no_memory:
@@ -350,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "memory": memory,
         "profiles": profiles,
+        "floor": floor,
     }
     report["summary"] = _report.summarise(report)
     report["targets"] = _report.targets(report)
@@ -358,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"benchmarks: {report['seconds']} s; JSON in {args.json}")
     _emit(args, report)
     failed = [r for r in runs if "error" in r]
+    failed += [r for r in (floor or {}).get("runs", []) if "error" in r]
     if failed:
         _log(f"benchmarks: {len(failed)} run(s) failed; see 'error' in the JSON")
         return 1

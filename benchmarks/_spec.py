@@ -29,6 +29,9 @@ THROUGHPUT_KINDS = (
 )
 #: Latency kinds: a client process (it times) and an echo server process.
 PING_KINDS = ("ping-raw", "ping-kcm", "ping-zmq")
+#: The floors, measured together by one ``floor`` worker (one process, no I/O):
+#: Trio's own per-await rate through a memory channel.
+FLOOR_KEYS = ("floor-pair", "floor-send", "floor-receive")
 
 
 @dataclass(frozen=True)

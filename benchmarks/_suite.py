@@ -122,3 +122,13 @@ CALIBRATE = {
 
 def rate_class(config: Config) -> str:
     return config.rate_class or config.key
+
+
+#: The floors (see ``benchmarks.worker._floor``): key -> label.
+FLOORS = {
+    "floor-pair": "one task `await send()`, another `await receive()`",
+    "floor-send": "`await send()` alone (nothing takes the items)",
+    "floor-receive": "`await receive()` alone (items ready)",
+}
+#: Items moved per floor measurement, --quick (full mode: calibrated).
+QUICK_FLOOR = 2000
