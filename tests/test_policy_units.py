@@ -601,3 +601,87 @@ def test_least_queued_heap_bounded_when_one_socket_churns() -> None:
         h.receive(a)  # one of the two: a byte more queued at each step
     assert a.rx_queued_bytes == 100_000
     assert len(policy._rx._heap) <= 4 + 64
+
+
+# batch-affinity's transmit side against a reference: the stream with the
+# fewest reservations, and among those the one picked (or added) longest ago;
+# with one stream it keeps no heap, and the picks must not change for that.
+
+_tx_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 3)),
+        st.tuples(st.just("remove"), st.integers(0, 3)),
+        st.tuples(st.just("pick"), st.integers(0, 3)),
+        st.tuples(st.just("release"), st.integers(0, 3)),
+    ),
+    max_size=80,
+)
+
+
+class _ReferenceTx:
+    """The rule written plainly: a scan for the smallest (reservations, picked)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, tuple[int, int]] = {}
+        self.reserved: dict[int, int] = {}
+        self.clock = 0
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def add(self, stream: int) -> None:
+        self.keys[stream] = (0, self.tick())
+
+    def remove(self, stream: int) -> None:
+        del self.keys[stream]
+        self.reserved = {s: t for s, t in self.reserved.items() if t != stream}
+
+    def pick(self, sock: int) -> int | None:
+        stream = self.reserved.get(sock)
+        if stream is not None and stream in self.keys:
+            return stream
+        if not self.keys:
+            return None
+        stream = min(self.keys, key=self.keys.__getitem__)
+        self.reserved[sock] = stream
+        self.keys[stream] = (self.keys[stream][0] + 1, self.tick())
+        return stream
+
+    def release(self, stream: int, sock: int) -> None:
+        if self.reserved.get(sock) == stream:
+            del self.reserved[sock]
+            if stream in self.keys:
+                count, picked = self.keys[stream]
+                self.keys[stream] = (count - 1, picked)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_tx_ops)
+def test_batch_affinity_transmit_picks_as_the_rule_says(ops: list[tuple[str, int]]) -> None:
+    policy = BatchAffinity()
+    ref = _ReferenceTx()
+    handles = [object() for _ in range(4)]  # a policy only hashes streams and sockets
+    sockets = [object() for _ in range(4)]
+    attached: set[int] = set()
+    queued: dict[int, int] = {}  # sock -> stream it has a burst on
+    for op, i in ops:
+        if op == "add" and i not in attached:
+            attached.add(i)
+            policy.stream_added(handles[i])  # type: ignore[arg-type]
+            ref.add(i)
+        elif op == "remove" and i in attached:
+            attached.discard(i)
+            policy.stream_removed(handles[i])  # type: ignore[arg-type]
+            ref.remove(i)
+            queued = {s: t for s, t in queued.items() if t != i}
+        elif op == "pick":
+            got = policy.pick_stream(sockets[i], [b"m"], 1)  # type: ignore[arg-type]
+            want = ref.pick(i)
+            assert got is (None if want is None else handles[want])
+            if want is not None:
+                queued[i] = want
+        elif op == "release" and i in queued:
+            stream = queued.pop(i)
+            policy.released(handles[stream], sockets[i])  # type: ignore[arg-type]
+            ref.release(stream, i)

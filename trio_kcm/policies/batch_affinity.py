@@ -45,6 +45,9 @@ class BatchAffinity(Policy):
         # Transmit: each stream's key is (reservations, when last picked); the
         # heap holds keys, some stale (lazy deletion: a key counts only while
         # it is the stream's current one).  O(log n) per pick and release.
+        # With one stream there is nothing to choose: the heap is kept only
+        # while there are two or more (rebuilt from the keys when a second
+        # stream comes), which saves a sender on one stream its heap work.
         self._keys: dict[AttachedStream, tuple[int, int]] = {}
         self._heap: list[tuple[int, int, int, AttachedStream]] = []
         self._clock = itertools.count()
@@ -74,9 +77,14 @@ class BatchAffinity(Policy):
 
     def stream_added(self, stream: AttachedStream, /) -> None:
         self._set_key(stream, 0, next(self._clock))
+        if len(self._keys) == 2:  # a choice again: the heap from the keys
+            self._heap = [(c, p, id(s), s) for s, (c, p) in self._keys.items()]
+            heapq.heapify(self._heap)
 
     def stream_removed(self, stream: AttachedStream, /) -> None:
         self._keys.pop(stream, None)  # its heap entries are stale now
+        if len(self._keys) < 2:
+            self._heap = []
         self._bound.pop(stream, None)
         # No released() follows for a removed stream: drop its reservations.
         for sock in [s for s, reserved in self._reserved.items() if reserved is stream]:
@@ -88,8 +96,13 @@ class BatchAffinity(Policy):
         stream = self._reserved.get(sock)
         if stream is not None and stream in self._keys:
             return stream
-        heap = self._heap
         keys = self._keys
+        if len(keys) == 1:
+            ((stream, (count, _)),) = keys.items()
+            self._reserved[sock] = stream
+            keys[stream] = (count + 1, next(self._clock))
+            return stream
+        heap = self._heap
         while heap:
             count, picked, _, stream = heap[0]
             if keys.get(stream) == (count, picked):
@@ -110,6 +123,8 @@ class BatchAffinity(Policy):
 
     def _set_key(self, stream: AttachedStream, count: int, picked: int) -> None:
         self._keys[stream] = (count, picked)
+        if len(self._keys) < 2:
+            return  # nothing to choose between: no heap (see __init__)
         heap = self._heap
         # id() breaks ties between equal keys, which only stale entries share.
         heapq.heappush(heap, (count, picked, id(stream), stream))
