@@ -73,7 +73,6 @@ class Lifecycle:
         "bugs",
         "clock",
         "close_timeout",
-        "closing",
         "closing_event",
         "errors",
         "events",
@@ -123,7 +122,8 @@ class Lifecycle:
         )
         self.events: Feed[MuxEvent] = Feed(EVENT_BACKLOG)
         self.nursery: trio.Nursery | None = None
-        self.closing = False  # no new attaches; healthy streams close as their tasks end
+        #: Set when closing starts: no new attaches; healthy streams close as
+        #: their tasks end.
         self.closing_event = trio.Event()
         self.graceful = False  # closing after a normal exit: streams close gracefully
         self.finished = False  # all tasks are done
@@ -417,9 +417,13 @@ class Lifecycle:
 
     # -- closing (called by the mux, in this order) ------------------------------
 
+    @property
+    def closing(self) -> bool:
+        """Whether the mux is closing (or closed)."""
+        return self.closing_event.is_set()
+
     def begin_closing(self) -> None:
         """Closing starts: no new attaches; ``closing_event`` is set."""
-        self.closing = True
         self.closing_event.set()
 
     def stop(self) -> None:

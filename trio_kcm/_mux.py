@@ -99,7 +99,6 @@ class Mux:
             close_timeout=close_timeout,
             tx_stall_timeout=tx_stall_timeout,
         )
-        self._closed = False  # no new sockets, sends or attaches
         self._sockets: dict[KCMSocket, None] = {}
         self._socket_indices: set[int] = set()
         self._rx_ready_drops = 0
@@ -159,7 +158,7 @@ class Mux:
           ValueError: A size is below 1.
 
         """
-        if self._closed:
+        if self._lifecycle.closing:
             raise trio.ClosedResourceError("the mux is closed")
         rbs = self._receive_buffer_size if receive_buffer_size is None else receive_buffer_size
         sbs = self._send_buffer_size if send_buffer_size is None else send_buffer_size
@@ -219,7 +218,7 @@ class Mux:
 
         """
         lifecycle = self._lifecycle
-        if self._closed or lifecycle.nursery is None:
+        if lifecycle.closing or lifecycle.nursery is None:
             raise trio.ClosedResourceError("the mux is closed")
         lifecycle.check_free(stream)
         p = self._parser if parser is None else as_parser(parser)
@@ -403,7 +402,7 @@ class Mux:
         )
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
+        state = " closed" if self._lifecycle.closing else ""
         streams = len(self._lifecycle.streams)
         return f"<trio_kcm.Mux{state} sockets={len(self._sockets)} streams={streams}>"
 
@@ -417,7 +416,6 @@ class Mux:
 
     def _close_1_refuse_new(self) -> None:
         """No new sockets, sends or attaches; every socket closes."""
-        self._closed = True
         self._lifecycle.begin_closing()
         for sock in list(self._sockets):
             close_socket(sock, by_mux=True)
@@ -447,7 +445,6 @@ class Mux:
 
     async def _close_4_release_the_rest(self) -> None:
         """All tasks are done: close the streams still attached, end the feeds."""
-        self._closed = True
         await self._lifecycle.finish()
 
 

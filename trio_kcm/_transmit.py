@@ -128,7 +128,6 @@ class Transmitter(StreamsLeaving):
     @enable_ki_protection
     def close_socket(self, tx: SocketTx) -> None:
         """Senders still waiting get ClosedResourceError; what was accepted goes out."""
-        tx.closed = True
         self.sockets.pop(tx, None)
         while tx.waiters:
             task, _ = tx.waiters.popitem(last=False)

@@ -88,7 +88,6 @@ class SocketTx:
     __slots__ = (
         "batches",
         "bytes",
-        "closed",
         "limit",
         "msgs",
         "queue",
@@ -101,7 +100,6 @@ class SocketTx:
     def __init__(self, sock: KCMSocket, limit: int) -> None:
         self.sock = sock
         self.limit = limit
-        self.closed = False
         #: Groups that wait for a stream, in the order they were accepted.
         self.queue: deque[TxGroup] = deque()
         #: Accepted and not written (or given up): what fills the buffer.
