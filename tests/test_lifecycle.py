@@ -457,3 +457,41 @@ async def test_waiting_errors_are_bounded(
         assert stats.errors_dropped == 0
         assert [e.stream for e in errors] == handles
     assert stats.stream_errors == 10
+
+
+async def test_the_statistics_format_stats_reads_and_its_flags() -> None:
+    # The fields format_stats takes its status flags from, in states that set
+    # each of them, and the flags they give.
+    async with trio_kcm.open_mux(parser=P, receive_buffer_size=10, close_timeout=0) as mux:
+        sock = mux.socket()
+        await sock.send(frame(b"waits"))  # no stream yet: it waits for one
+        k = sock.statistics()
+        assert (k.tx_waiting, k.receive_ready, k.tx_batched_msgs) == (True, True, 0)
+        assert "TxWait" in trio_kcm.format_stats(mux).splitlines()[3].split()
+        ours, _peer = trio.testing.lockstep_stream_pair()  # writes never finish
+        handle = mux.attach(ours)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not sock.statistics().tx_waiting
+        assert handle.statistics().reserved_by == (sock.index,)
+        async with sock.batch():
+            await sock.send(frame(b"held"))
+            assert sock.statistics().tx_batched_msgs == 1
+            assert "WMore" in trio_kcm.format_stats(mux).splitlines()[3].split()
+        assert sock.statistics().tx_batched_msgs == 0
+        rx_ours, rx_peer = trio.testing.memory_stream_pair()
+        reader = mux.attach(rx_ours)
+        await rx_peer.send_all(frame(b"filled!") + frame(b"waits"))  # 11 B fill it
+        await trio.testing.wait_all_tasks_blocked()
+        r = reader.statistics()
+        assert (r.reading_paused, r.rx_ready_msgs, r.stalled) == (True, 1, False)
+        assert not sock.statistics().receive_ready
+        lines = trio_kcm.format_stats(mux).splitlines()
+        assert "RxWait" not in lines[3].split()
+        assert f"Rsvd-{sock.index}" in lines[4].split()
+        assert {"RxPause", "RdyRx"} <= set(lines[5].split())
+        assert await sock.receive() == frame(b"filled!")
+        await trio.testing.wait_all_tasks_blocked()
+        r = reader.statistics()
+        assert (r.reading_paused, r.rx_ready_msgs) == (False, 0)
+        assert sock.statistics().receive_ready
+        assert "RxWait" in trio_kcm.format_stats(mux).splitlines()[3].split()
