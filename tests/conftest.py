@@ -11,6 +11,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -121,3 +122,15 @@ class Gate:
         frames, rest = unframe_all(self.send.get_data_nowait())
         assert rest == b""
         return frames
+
+
+@pytest.fixture
+def frozen_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop the clock the mux's sockets read to decide when a call must yield.
+
+    Only the count then ends a run of calls that skip their schedule point
+    (``trio_kcm._turns.MAX_RUN_CALLS``), whatever the machine's speed.
+    """
+    import trio_kcm._turns
+
+    monkeypatch.setattr(trio_kcm._turns, "perf_counter", lambda: 0.0)

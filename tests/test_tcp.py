@@ -20,6 +20,7 @@ import trio.testing
 
 import trio_kcm
 from trio_kcm._stream import life_of
+from trio_kcm._turns import MAX_RUN_CALLS
 
 from .conftest import PeerReader, frame, unframe_all
 
@@ -653,7 +654,17 @@ async def _counted_tcp_mux() -> AsyncIterator[
 
 
 async def test_the_sending_task_writes_to_an_idle_tcp_stream_without_waking_its_writer() -> None:
-    async with _counted_tcp_mux() as (sock, handle, writes, server):
+    # Request/response, one request in flight: each request is written by
+    # the sending task before send() returns, and the writer never runs.
+    async with _counted_tcp_mux() as (sock, handle, writes, server), trio.open_nursery() as nursery:
+
+        async def answer() -> None:
+            peer = PeerReader(server)
+            while True:
+                [request] = await peer.read_frames(1)
+                await server.send_all(frame(b"re:" + request[4:]))
+
+        nursery.start_soon(answer)
         steps = _WriterSteps()
         trio.lowlevel.add_instrument(steps)
         try:
@@ -661,12 +672,36 @@ async def test_the_sending_task_writes_to_an_idle_tcp_stream_without_waking_its_
                 await sock.send(frame(b"m%d" % i))
                 # Written by the time send() returns: by the sending task.
                 assert handle.statistics().tx_msgs == i + 1
-                await trio.testing.wait_all_tasks_blocked()
+                assert await sock.receive() == frame(b"re:m%d" % i)
         finally:
             trio.lowlevel.remove_instrument(steps)
         assert steps.steps == 0
         assert (writes.by_sender, writes.by_writer) == (10, 0)
-        assert await PeerReader(server).read_frames(10) == [frame(b"m%d" % i) for i in range(10)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_run_of_sends_is_written_in_one_write_when_the_task_yields(
+    frozen_turns: None,
+) -> None:
+    # Sends that skip their schedule point (see _turns.py): the first is
+    # written by the sending task, the rest wait for the writer, which
+    # writes them together once the task yields -- at the latest at the
+    # send that may not skip its schedule point.
+    async with _counted_tcp_mux() as (sock, handle, writes, server):
+        steps = _WriterSteps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for i in range(MAX_RUN_CALLS):
+                await sock.send(frame(b"m%d" % i))
+            # No yield yet: the writer has not run, the first message is out.
+            assert (steps.steps, handle.statistics().tx_msgs) == (0, 1)
+            await sock.send(frame(b"last"))  # may not skip: it yields
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert (writes.by_sender, writes.by_writer) == (1, 1)
+        got = await PeerReader(server).read_frames(MAX_RUN_CALLS + 1)
+        assert got == [frame(b"m%d" % i) for i in range(MAX_RUN_CALLS)] + [frame(b"last")]
 
 
 async def test_sends_from_many_tasks_in_one_tick_share_one_write() -> None:

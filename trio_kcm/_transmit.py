@@ -41,6 +41,7 @@ from ._bugs import BugReport
 from ._policy import Policy
 from ._state import Phase
 from ._stream import life_of
+from ._turns import Turns
 from ._txleave import StreamsLeaving
 from ._txstate import (
     Batch,
@@ -80,6 +81,7 @@ class Transmitter(StreamsLeaving):
         "sockets",
         "streams",
         "timed",
+        "turns",
         "waiting",
         "windows",
     )
@@ -111,6 +113,9 @@ class Transmitter(StreamsLeaving):
         self.eager_ok = False
         # Streams a sending task wrote to itself, until its schedule point.
         self.windows: list[StreamTx] = []
+        #: The mux's record of its last yield: which sends skip their
+        #: schedule point (see _turns.py); the sockets' receives share it.
+        self.turns = Turns()
         #: Set at each step towards an empty mux, while closing waits for one.
         self.progress: trio.Event | None = None
         self.msgs = 0
@@ -257,25 +262,33 @@ class Transmitter(StreamsLeaving):
             tx.waiters.pop(task, None)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        try:
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        finally:
+            self.yielded()
 
     async def end_send(self) -> None:
-        """An accepted send's schedule point; then the windows it opened close.
+        """An accepted send's schedule point, for one that may not skip it.
 
-        A stream the sending task wrote to itself keeps a *window* open until
-        then: sends to it from other tasks in the meantime (the same run of the
-        scheduler, typically) are queued and wake its writer, which writes them
-        all together, rather than each making a write of its own.
+        The caller asked :meth:`Turns.skip <trio_kcm._turns.Turns.skip>`
+        first.  A stream the sending task wrote to itself keeps a *window*
+        open until the task yields: sends to it in the meantime (the rest of
+        this task's run of sends that skip their schedule point, and other
+        tasks' sends in the same pass of the scheduler) are queued and wake
+        its writer, which writes them all together, rather than each making a
+        write of its own.  The windows close when the yield returns
+        (:meth:`yielded`).
         """
-        if not self.windows:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
-        opened, self.windows = self.windows, []
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
-            for stx in opened:
-                stx.window = False
+            self.yielded()
+
+    def yielded(self) -> None:
+        """A task of the mux's sockets yielded and is back: windows close, turns restart."""
+        self.turns.yielded()
+        if self.windows:
+            self.close_windows()
 
     def close_windows(self) -> None:
         """Close the windows of a send that has no schedule point (in ``batch()``)."""
@@ -547,6 +560,8 @@ class Transmitter(StreamsLeaving):
                     return
                 await stx.lot.park()
                 stx.window = False
+                # This task runs only once the task that woke it has yielded.
+                self.turns.yielded()
                 continue
             else:
                 groups, size, data = collect(pending)
