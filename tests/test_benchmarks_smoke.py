@@ -140,6 +140,31 @@ def test_the_microbenchmarks_run() -> None:
     assert all(float(rate.replace(",", "")) > 0 for rate in rows.values())
 
 
+def test_the_fairness_benchmark_runs() -> None:
+    program = ROOT / "benchmarks" / "fairness.py"
+    if not program.exists():
+        pytest.skip("the benchmarks/ folder is not in this tree")
+    proc = subprocess.run(
+        [sys.executable, str(program), "--scale", "0.01", "--work", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {
+        cells[0]: cells[1:]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| case")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {"raw-send", "kcm-send", "kcm-receive", "raw-send-work", "kcm-send-work"}
+    for rate, p50, p99, largest, steps in rows.values():
+        assert float(rate.replace(",", "")) > 0
+        assert 0 < float(p50.split()[0]) <= float(p99.split()[0]) <= float(largest.split()[0])
+        assert int(steps.replace(",", "")) > 0
+
+
 async def test_the_profile_runs_write_counter_counts_both_kinds_of_write() -> None:
     # The profile runs count a mux's writes (Spec.count_writes) through hooks
     # on this process's objects; they must follow the mux's internals.

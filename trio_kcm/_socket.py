@@ -73,10 +73,10 @@ class KCMSocket:
     it returns, it did nothing (a send accepted nothing, a receive took
     nothing).  A call that waits yields to other tasks, as in any Trio API.
     A send or receive that completes *without* waiting yields too, unless
-    this mux's sockets yielded less than a millisecond ago and fewer than 64
+    this mux's sockets yielded less than 0.5 ms ago and fewer than 64
     such calls ago (Trio issue #1757's idea, applied to the mux): so a task
     sending or receiving in a loop gives other tasks their turn at least
-    every 64 calls and every millisecond of its own running, and pays the
+    every 64 calls and every 0.5 ms of its own running, and pays the
     scheduler once per run of calls instead of once per message.  Messages
     a run sends are accepted when each call returns and written together
     when the task next yields (the first of the run at once, when its

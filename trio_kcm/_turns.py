@@ -15,7 +15,7 @@ that this module takes for the mux's sockets:
   :data:`MAX_RUN_CALLS` such calls ago.
 
 So a task that sends (or receives) in a loop yields at least once every
-:data:`MAX_RUN_CALLS` calls and at least once every millisecond of its own
+:data:`MAX_RUN_CALLS` calls and at least once every half millisecond of its own
 running (plus one iteration of its loop); a lone call after a pause yields as
 before.  "Yielded" is what this mux saw: its own schedule points and waits,
 and any step of a stream's writer task (which runs only after the sending
@@ -33,7 +33,7 @@ __all__ = ["MAX_RUN_CALLS", "MAX_RUN_SECONDS", "Turns"]
 #: Calls that may skip their schedule point in a row.
 MAX_RUN_CALLS = 64
 #: How long after the last yield calls may skip their schedule point.
-MAX_RUN_SECONDS = 0.001
+MAX_RUN_SECONDS = 0.0005
 
 
 class Turns:
