@@ -165,7 +165,9 @@ def test_the_fairness_benchmark_runs() -> None:
         assert int(steps.replace(",", "")) > 0
 
 
-async def test_the_profile_runs_write_counter_counts_both_kinds_of_write() -> None:
+async def test_the_profile_runs_write_counter_counts_both_kinds_of_write(
+    frozen_turns: None,
+) -> None:
     # The profile runs count a mux's writes (Spec.count_writes) through hooks
     # on this process's objects; they must follow the mux's internals.
     if not (ROOT / "benchmarks" / "worker.py").exists():

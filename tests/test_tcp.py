@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 
@@ -717,3 +718,66 @@ async def test_sends_from_many_tasks_in_one_tick_share_one_write() -> None:
         assert handle.statistics().tx_msgs == 16
         got = await PeerReader(server).read_frames(16)
         assert sorted(got) == sorted(frame(b"task%d" % i) for i in range(16))
+
+
+async def test_the_reader_waits_before_reading_after_a_short_read() -> None:
+    # A plain SocketStream's reader waits for data, then reads it with one
+    # system call, after a read that did not fill its buffer; after a full
+    # read it tries receive_some first, since more is likely there.
+    from trio_kcm._receive import READ_SIZE
+
+    async with loopback() as lb, trio_kcm.open_mux(parser=P) as mux:
+        client, peer = await lb.pair()
+        tries = 0
+        recv = client.socket.recv
+
+        async def counted_recv(*args: object) -> bytes:
+            nonlocal tries
+            tries += 1
+            return await recv(*args)  # type: ignore[arg-type]
+
+        client.socket.recv = counted_recv  # type: ignore[method-assign]
+        mux.attach(client)
+        sock = mux.socket()
+        for i in range(10):
+            await peer.send_all(frame(b"m%d" % i))
+            assert await sock.receive() == frame(b"m%d" % i)
+        assert tries == 0  # every read was short: none went through receive_some
+        burst = [frame(b"%05d" % i + b"x" * 1000) for i in range(3 * READ_SIZE // 1000)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.send_all, b"".join(burst))
+            got = []
+            while len(got) < len(burst):
+                got.extend(await sock.receive_many(1000))
+        assert got == burst
+        assert tries >= 1  # a full read was followed by receive_some
+
+
+async def test_the_readers_wait_survives_a_spurious_wakeup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import trio_kcm._receive
+
+    real_read = trio_kcm._receive.os.read
+    spurious = 0
+
+    def read_once_blocking(fd: int, n: int) -> bytes:
+        nonlocal spurious
+        if spurious == 0:
+            spurious += 1
+            raise BlockingIOError
+        return real_read(fd, n)
+
+    monkeypatch.setattr(trio_kcm._receive.os, "read", read_once_blocking)
+    with trio.fail_after(10):
+        await _echo_once_after_a_spurious_wakeup()
+    assert spurious == 1
+
+
+async def _echo_once_after_a_spurious_wakeup() -> None:
+    async with loopback() as lb, trio_kcm.open_mux(parser=P) as mux:
+        client, peer = await lb.pair()
+        mux.attach(client)
+        sock = mux.socket()
+        await peer.send_all(frame(b"after a spurious wakeup"))
+        assert await sock.receive() == frame(b"after a spurious wakeup")

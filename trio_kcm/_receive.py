@@ -25,8 +25,9 @@ import errno as _errno
 import itertools
 import math
 import operator
+import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, final
 
 import outcome
@@ -38,6 +39,7 @@ from ._assembler import Assembler, AssemblyError
 from ._bugs import BugReport
 from ._policy import Policy
 from ._state import HEALTHY
+from ._stream import plain_socket
 
 if TYPE_CHECKING:
     from ._socket import KCMSocket
@@ -84,6 +86,38 @@ class SocketRx:
         self.bytes = 0
 
 
+def _waiting_reader(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes]] | None:
+    """For a plain :class:`trio.SocketStream`: wait until readable, then read; else ``None``.
+
+    ``receive_some`` tries a read first and waits only if it would block; after
+    a short read the kernel's buffer is most likely empty, so that first try
+    is a wasted system call and exception.  This waits first, then makes one
+    non-blocking read (again only if the wait was spurious).  The file
+    descriptor is asked for at each read, as for the eager write.
+    """
+    sock = plain_socket(stream)
+    if sock is None:
+        return None
+
+    async def read(max_bytes: int) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                # As SocketStream.receive_some reports it.
+                if exc.errno == _errno.EBADF:
+                    raise trio.ClosedResourceError("the socket was closed") from None
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+    return read
+
+
 @final
 class StreamRx:
     """One stream's receive side: its assembler and what waits for a socket."""
@@ -98,6 +132,7 @@ class StreamRx:
         "scope",
         "timeout",
         "timeouts",
+        "wait_read",
     )
 
     def __init__(
@@ -115,6 +150,8 @@ class StreamRx:
         self.timeouts = 0
         #: The reader's own scope: unattach stops the reader alone.
         self.scope = trio.CancelScope()
+        #: The read after a short one, for a plain SocketStream (else None).
+        self.wait_read = _waiting_reader(life.transport)
 
     def paused_seconds(self) -> float:
         """Seconds the reader was stopped for backpressure, a pause in progress included."""
@@ -407,7 +444,9 @@ class Receiver:
         """
         life = srx.life
         origin = life.handle
-        transport = life.transport
+        receive_some = life.transport.receive_some
+        wait_read = srx.wait_read
+        read = receive_some if wait_read is None else wait_read
         assembler = srx.assembler
         timeout = srx.timeout
         with srx.scope:
@@ -424,10 +463,10 @@ class Receiver:
                         continue
                 try:
                     if timeout is None or srx.deadline == math.inf:
-                        data = await transport.receive_some(READ_SIZE)
+                        data = await read(READ_SIZE)
                     else:
                         with trio.move_on_at(srx.deadline) as deadline_scope:
-                            data = await transport.receive_some(READ_SIZE)
+                            data = await read(READ_SIZE)
                         if deadline_scope.cancelled_caught:
                             srx.timeouts += 1
                             fail(
@@ -448,6 +487,9 @@ class Receiver:
                 if not data:
                     fail(_errno.EPIPE, "end of stream (the peer closed it)", None, None)
                     return
+                if wait_read is not None:
+                    # A full read: more is likely there, so try before waiting.
+                    read = receive_some if len(data) == READ_SIZE else wait_read
                 before = assembler.bytes
                 try:
                     messages = assembler.feed(data)

@@ -11,6 +11,7 @@ application and the policies see only reads them.
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, final
 
 import trio
@@ -25,7 +26,24 @@ if TYPE_CHECKING:
     from ._receive import StreamRx
     from ._txstate import StreamTx
 
-__all__ = ["AttachedStream", "StreamLife", "life_of"]
+__all__ = ["AttachedStream", "StreamLife", "life_of", "plain_socket"]
+
+
+def plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket of a plain :class:`trio.SocketStream`, open and non-blocking; else ``None``.
+
+    The eager write and the reader's wait-then-read use it directly (POSIX
+    only): Trio keeps its sockets non-blocking, so a system call on it never
+    blocks.  Any other stream (TLS, in-memory, a wrapper) goes through its
+    own methods.
+    """
+    if os.name != "posix" or type(stream) is not trio.SocketStream:
+        return None
+    sock = stream.socket
+    fd = sock.fileno()
+    if fd < 0 or os.get_blocking(fd):
+        return None
+    return sock
 
 
 @final

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, NamedTuple, final
 
 import trio
 
+from ._stream import plain_socket
+
 if TYPE_CHECKING:
     from ._socket import KCMSocket
     from ._stream import StreamLife
@@ -118,11 +120,8 @@ def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
     once needs no wait.  The file descriptor is asked for at each write: once
     the socket is closed it is ``-1``, never a number reused by something else.
     """
-    if os.name != "posix" or type(stream) is not trio.SocketStream:
-        return None
-    sock = stream.socket
-    fd = sock.fileno()
-    if fd < 0 or os.get_blocking(fd):
+    sock = plain_socket(stream)
+    if sock is None:
         return None
 
     def send(data: bytes) -> int:
