@@ -85,6 +85,26 @@ def test_memory_and_targets_are_reported(quick_report: dict[str, object]) -> Non
     assert any("ping-pong" in t["target"] for t in targets)
 
 
+def test_a_render_judges_an_old_run_by_todays_targets(
+    quick_report: dict[str, object], tmp_path: Path
+) -> None:
+    old = {k: v for k, v in quick_report.items() if k != "_markdown"}
+    old["targets"] = []  # a run made before any target existed
+    saved = tmp_path / "old.json"
+    saved.write_text(json.dumps(old))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--render", str(saved)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    targets = proc.stdout.split("### Targets", 1)[1]
+    assert "| send x16 tasks / receive x4 tasks vs naive raw Trio, 1 KiB | >= 4x |" in targets
+
+
 def test_the_floors_are_measured_and_reported(quick_report: dict[str, object]) -> None:
     summary = quick_report["summary"]
     assert isinstance(summary, dict)
