@@ -146,11 +146,15 @@ class Lifecycle:
         parser: Parser,
         max_message_size: int,
         assembly_timeout: float | None,
+        unread_data: bytes = b"",
     ) -> AttachedStream:
-        """Attach ``transport``: start its task, offer it for transmit, announce it."""
+        """Attach ``transport``: start its task, offer it for transmit, announce it.
+
+        ``unread_data``: bytes of the stream read before, parsed first.
+        """
         life = StreamLife(self.owner, transport, parser, lowest_free(self.indices))
         life.tx = self.transmit.open_stream(life)
-        life.rx = self.receive.open_stream(life, max_message_size, assembly_timeout)
+        life.rx = self.receive.open_stream(life, max_message_size, assembly_timeout, unread_data)
         handle = life.handle = AttachedStream(life)
         _attached[id(transport)] = handle
         self.streams[handle] = life
@@ -283,7 +287,7 @@ class Lifecycle:
         self.failures += 1
         aborted = self.transmit.abort(life.tx)
         if partial is None:
-            partial = life.rx.assembler.take_partial()
+            partial = life.rx.take_unread()
         error = StreamError(
             errno,
             f"psock-{life.index}: {message}",
@@ -355,7 +359,7 @@ class Lifecycle:
     @enable_ki_protection
     def end_unattach(self, life: StreamLife) -> None:
         """Unattach, last step (the stream's tasks ended): hand it back."""
-        life.unread = life.rx.assembler.take_partial()
+        life.unread = life.rx.take_unread()
         try:
             self.receive.hold_messages(life.rx)
         except BaseException as exc:

@@ -186,6 +186,7 @@ class Mux:
         self,
         stream: trio.abc.Stream,
         *,
+        unread_data: bytes = b"",
         parser: ParserLike | None = None,
         max_message_size: int | None = None,
         assembly_timeout: float | None = None,
@@ -195,13 +196,20 @@ class Mux:
         From now on the mux owns the stream: a reader task splits what it
         receives into messages for the sockets, a writer task writes the
         messages the transmit policy gives it.  The stream must sit at a
-        message boundary (any handshake done).  It is offered for transmit at
-        once, and bytes it already buffered are parsed.
+        message boundary (any handshake done), unless ``unread_data`` holds
+        the bytes from the boundary on.  It is offered for transmit at once,
+        and bytes it already buffered are parsed.
 
         Args:
           stream: Any :class:`trio.abc.Stream`: a TCP or Unix
             :class:`trio.SocketStream`, a :class:`trio.SSLStream`, an
             in-memory stream.
+          unread_data: Bytes that were read from ``stream`` before it was
+            attached and belong to its messages: what a handshake read past
+            its own end, or the :attr:`AttachedStream.unread_data` of the
+            handle :meth:`unattach` handed it back with.  The mux parses them
+            first, exactly as if it had read them (a bad header in them fails
+            the stream, as it would on the wire).  Any bytes-like object.
           parser: This stream's parser; the mux's by default.  (Outgoing
             messages are always checked with the mux's parser.)
           max_message_size: For this stream's incoming messages; the mux's by
@@ -225,7 +233,11 @@ class Mux:
         mms = self._max_message_size if max_message_size is None else max_message_size
         timeout = self._assembly_timeout if assembly_timeout is None else assembly_timeout
         _check_timeout(timeout, "assembly_timeout")
-        return lifecycle.attach(stream, p, mms, timeout)
+        if isinstance(unread_data, str):
+            raise TypeError("unread_data is bytes, not str")
+        # memoryview: only the buffer protocol (bytes(12) would be 12 zeros).
+        data = unread_data if type(unread_data) is bytes else memoryview(unread_data).tobytes()
+        return lifecycle.attach(stream, p, mms, timeout, data)
 
     async def unattach(self, handle: AttachedStream) -> trio.abc.Stream:
         """Detach a stream and hand it back, open (the kernel's ``SIOCKCMUNATTACH``).

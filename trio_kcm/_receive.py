@@ -126,6 +126,7 @@ class StreamRx:
         "assembler",
         "deadline",
         "held",
+        "initial",
         "life",
         "paused",
         "paused_since",
@@ -136,10 +137,17 @@ class StreamRx:
     )
 
     def __init__(
-        self, life: StreamLife, max_message_size: int, assembly_timeout: float | None
+        self,
+        life: StreamLife,
+        max_message_size: int,
+        assembly_timeout: float | None,
+        initial: bytes = b"",
     ) -> None:
         self.life = life
         self.assembler = Assembler(life.parser, max_message_size)
+        #: Bytes of the stream read before it was attached: the reader parses
+        #: them first, as if it had read them.
+        self.initial = initial
         self.timeout = assembly_timeout
         #: When the message being assembled must be complete (inf: none is).
         self.deadline = math.inf
@@ -152,6 +160,12 @@ class StreamRx:
         self.scope = trio.CancelScope()
         #: The read after a short one, for a plain SocketStream (else None).
         self.wait_read = _waiting_reader(life.transport)
+
+    def take_unread(self) -> bytes:
+        """What was read of the stream and not parsed into whole messages."""
+        unread = self.initial + self.assembler.take_partial()
+        self.initial = b""
+        return unread
 
     def paused_seconds(self) -> float:
         """Seconds the reader was stopped for backpressure, a pause in progress included."""
@@ -415,10 +429,14 @@ class Receiver:
     # -- streams -----------------------------------------------------------------
 
     def open_stream(
-        self, life: StreamLife, max_message_size: int, assembly_timeout: float | None
+        self,
+        life: StreamLife,
+        max_message_size: int,
+        assembly_timeout: float | None,
+        initial: bytes = b"",
     ) -> StreamRx:
-        """A new stream's receive side."""
-        return StreamRx(life, max_message_size, assembly_timeout)
+        """A new stream's receive side; ``initial``: its bytes read before attach."""
+        return StreamRx(life, max_message_size, assembly_timeout, initial)
 
     def hold_messages(self, srx: StreamRx) -> None:
         """A stream leaves: its complete, undelivered messages wait in the mux."""
@@ -447,7 +465,6 @@ class Receiver:
         receive_some = life.transport.receive_some
         wait_read = srx.wait_read
         read = receive_some if wait_read is None else wait_read
-        assembler = srx.assembler
         timeout = srx.timeout
         with srx.scope:
             while True:
@@ -461,6 +478,12 @@ class Receiver:
                         if life.phase not in HEALTHY:
                             return
                         continue
+                if srx.initial:
+                    # Read before attach: parsed first, like a read.
+                    initial, srx.initial = srx.initial, b""
+                    if not self._absorb(srx, initial, fail):
+                        return
+                    continue
                 try:
                     if timeout is None or srx.deadline == math.inf:
                         data = await read(READ_SIZE)
@@ -490,25 +513,33 @@ class Receiver:
                 if wait_read is not None:
                     # A full read: more is likely there, so try before waiting.
                     read = receive_some if len(data) == READ_SIZE else wait_read
-                before = assembler.bytes
-                try:
-                    messages = assembler.feed(data)
-                except AssemblyError as exc:
-                    self._count(exc.messages, assembler.bytes - before)
-                    srx.held.extend(exc.messages)
-                    fail(exc.errno, str(exc), exc.__cause__, exc.partial)
+                if not self._absorb(srx, data, fail):
                     return
-                if timeout is not None:
-                    if not assembler.partial_size:
-                        srx.deadline = math.inf
-                    elif messages or srx.deadline == math.inf:
-                        # A new message started in this read.
-                        srx.deadline = trio.current_time() + timeout
-                if messages:
-                    self._count(messages, assembler.bytes - before)
-                    done = self.steer(origin, messages)
-                    if done < len(messages):
-                        srx.held = messages[done:]
+
+    def _absorb(self, srx: StreamRx, data: bytes | bytearray, fail: FailStream) -> bool:
+        """Parse what was read and steer the whole messages; False: the stream failed."""
+        assembler = srx.assembler
+        before = assembler.bytes
+        try:
+            messages = assembler.feed(data)
+        except AssemblyError as exc:
+            self._count(exc.messages, assembler.bytes - before)
+            srx.held.extend(exc.messages)
+            fail(exc.errno, str(exc), exc.__cause__, exc.partial)
+            return False
+        timeout = srx.timeout
+        if timeout is not None:
+            if not assembler.partial_size:
+                srx.deadline = math.inf
+            elif messages or srx.deadline == math.inf:
+                # A new message started in this read.
+                srx.deadline = trio.current_time() + timeout
+        if messages:
+            self._count(messages, assembler.bytes - before)
+            done = self.steer(srx.life.handle, messages)
+            if done < len(messages):
+                srx.held = messages[done:]
+        return True
 
     def _count(self, messages: list[bytes], nbytes: int) -> None:
         self.msgs += len(messages)

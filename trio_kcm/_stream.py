@@ -140,8 +140,9 @@ class AttachedStream:
         Set by :meth:`Mux.unattach`: the start of a message that had not fully
         arrived.  The stream hands back everything after them, so
         ``unread_data`` followed by what the stream yields next is exactly what
-        the peer sent after the last delivered message.  Empty before unattach
-        and for a stream that failed (the discarded bytes are then in
+        the peer sent after the last delivered message: attach it again with
+        ``mux.attach(stream, unread_data=handle.unread_data)``.  Empty before
+        unattach and for a stream that failed (the discarded bytes are then in
         :attr:`StreamError.partial_bytes`).
         """
         return self._life.unread
