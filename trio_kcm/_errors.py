@@ -63,6 +63,11 @@ class StreamError(OSError):
       unsent (tuple[bytes, ...]): Messages sent to this stream with
         :meth:`KCMSocket.send_to`, accepted, and not started when it failed:
         they were not sent anywhere (a reply to a peer that is gone).
+      peer_closed (bool): The peer closed the stream cleanly: end of file at a
+        message boundary (``errno`` is ``EPIPE``, as in the kernel, and
+        ``__cause__`` is None).  False for every other failure, an end of
+        file in the middle of a message included.  The mux logs a clean close
+        at INFO, a failure at WARNING.
 
     """
 
@@ -70,6 +75,7 @@ class StreamError(OSError):
     partial_bytes: bytes
     in_doubt: tuple[bytes, ...]
     unsent: tuple[bytes, ...]
+    peer_closed: bool
 
     def __init__(
         self,
@@ -80,12 +86,14 @@ class StreamError(OSError):
         partial_bytes: bytes = b"",
         in_doubt: tuple[bytes, ...] = (),
         unsent: tuple[bytes, ...] = (),
+        peer_closed: bool = False,
     ) -> None:
         super().__init__(errno, strerror)
         self.stream = stream
         self.partial_bytes = partial_bytes
         self.in_doubt = in_doubt
         self.unsent = unsent
+        self.peer_closed = peer_closed
 
     def __reduce__(self) -> str | tuple[object, ...]:  # pragma: no cover - pickling is rare
         return (OSError, (self.errno, self.strerror))

@@ -205,9 +205,14 @@ class Lifecycle:
 
     def _reader_failed(self, life: StreamLife) -> FailStream:
         def fail(
-            errno: int, message: str, cause: BaseException | None, partial: bytes | None
+            errno: int,
+            message: str,
+            cause: BaseException | None,
+            partial: bytes | None,
+            *,
+            eof: bool = False,
         ) -> None:
-            self.fail(life, errno, message, cause=cause, partial=partial)
+            self.fail(life, errno, message, cause=cause, partial=partial, eof=eof)
 
         return fail
 
@@ -279,8 +284,13 @@ class Lifecycle:
         *,
         cause: BaseException | None = None,
         partial: bytes | None = None,
+        eof: bool = False,
     ) -> None:
-        """Cut a stream off alone; report it; send its messages elsewhere."""
+        """Cut a stream off alone; report it; send its messages elsewhere.
+
+        ``eof``: the reader reached the end of the stream; with no partial
+        message that is the peer's clean close, logged at INFO.
+        """
         if life.phase not in HEALTHY:
             return
         life.phase = transition(life.phase, Phase.FAILED)
@@ -295,6 +305,7 @@ class Lifecycle:
             partial_bytes=partial,
             in_doubt=aborted.in_doubt,
             unsent=aborted.unsent,
+            peer_closed=eof and not partial,
         )
         error.__cause__ = cause
         life.error = error
@@ -303,7 +314,10 @@ class Lifecycle:
         self.errors.put(error)
         self.events.put(StreamFailed(life.handle, error, self.clock()))
         life.scope.cancel()
-        logger.warning("%r failed: %s", life.handle, error)
+        if error.peer_closed:
+            logger.info("%r closed by its peer: %s", life.handle, error)
+        else:
+            logger.warning("%r failed: %s", life.handle, error)
 
     # -- unattach and release ----------------------------------------------------
 

@@ -28,7 +28,7 @@ import operator
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import outcome
 import trio
@@ -52,8 +52,23 @@ READ_SIZE = 65536
 
 _first = operator.itemgetter(0)
 
-#: How a reader fails its stream: (errno, message, cause, partial bytes or None).
-FailStream = Callable[[int, str, "BaseException | None", "bytes | None"], None]
+
+class FailStream(Protocol):
+    """How a reader fails its stream.
+
+    ``partial``: the bytes of a half-received message (None: the assembler's);
+    ``eof``: the peer closed the stream (a clean close if nothing is partial).
+    """
+
+    def __call__(
+        self,
+        errno: int,
+        message: str,
+        cause: BaseException | None,
+        partial: bytes | None,
+        *,
+        eof: bool = False,
+    ) -> None: ...
 
 
 @final
@@ -508,7 +523,7 @@ class Receiver:
                     # may start mid-message.  They are not parsed.
                     return
                 if not data:
-                    fail(_errno.EPIPE, "end of stream (the peer closed it)", None, None)
+                    fail(_errno.EPIPE, "end of stream (the peer closed it)", None, None, eof=True)
                     return
                 if wait_read is not None:
                     # A full read: more is likely there, so try before waiting.
