@@ -79,3 +79,10 @@ def test_seqpacket_example() -> None:
     out = run_example("seqpacket_parts.py", "300000", "50000", "64000")
     assert "one message of 300004 bytes, sent in 7 parts, received in 5 pieces" in out
     assert "sha256 of the body matches" in out
+
+
+def test_handshake_example() -> None:
+    # Greeting and requests in one write: nothing read ahead is lost.
+    out = run_example("handshake.py", "6", "25")
+    assert "6 clients greeted and answered: 150 replies" in out
+    assert "refused: 1 (unknown greeting b'HELLO ftp')" in out
