@@ -21,6 +21,7 @@ from ._format import format_stats
 from ._mux import Mux, open_mux
 from ._parsers import Delimited, LengthPrefixed, Parser, ParserLike
 from ._policy import ENTRY_POINT_GROUP, Policy, available_policies, load_policy
+from ._serve import Handshake
 from ._socket import KCMSocket, SocketType
 from ._stats import MuxStatistics, SocketStatistics, StreamState, StreamStatistics
 from ._stream import AttachedStream
@@ -34,6 +35,7 @@ __all__ = [
     "Backoff",
     "BadMessage",
     "Delimited",
+    "Handshake",
     "KCMSocket",
     "LengthPrefixed",
     "Mux",

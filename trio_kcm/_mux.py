@@ -35,6 +35,7 @@ from ._outgoing import OutgoingCheck
 from ._parsers import Parser, ParserLike, as_parser
 from ._policy import Policy, bind_policy, resolve_policies
 from ._receive import Receiver
+from ._serve import Handshake, serve_stream
 from ._socket import KCMSocket, SocketType, close_socket
 from ._stats import MuxStatistics, StreamState
 from ._stream import AttachedStream, life_of
@@ -186,7 +187,7 @@ class Mux:
         self,
         stream: trio.abc.Stream,
         *,
-        unread_data: bytes = b"",
+        unread_data: bytes | bytearray | memoryview = b"",
         parser: ParserLike | None = None,
         max_message_size: int | None = None,
         assembly_timeout: float | None = None,
@@ -340,6 +341,69 @@ class Mux:
             backoff=backoff,
             connect_timeout=connect_timeout,
             task_status=task_status,
+        )
+
+    async def serve_stream(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        handshake: Handshake | None = None,
+        handshake_timeout: float | None = None,
+        parser: ParserLike | None = None,
+        max_message_size: int | None = None,
+        assembly_timeout: float | None = None,
+    ) -> None:
+        """Attach ``stream`` and wait until the mux is done with it: a server's handler.
+
+        It is the handler :func:`trio.serve_tcp` and
+        :func:`trio.serve_listeners` call for each connection, which close
+        the stream when it returns; so it returns only once the stream left
+        the mux: it failed (the peer closed it, a bad header, ...), it was
+        unattached, or the mux closed.  Replies go back to each client with
+        :meth:`KCMSocket.receive_from` and :meth:`KCMSocket.send_to`::
+
+            async with trio_kcm.open_mux(parser=parser) as mux, trio.open_nursery() as nursery:
+                listeners = await nursery.start(trio.serve_tcp, mux.serve_stream, port)
+                ...
+
+        ``handshake``, if given, runs first: an async function that reads the
+        connection's preamble (a greeting, a version, a PROXY header) and
+        returns the bytes it read past it, which the mux parses first (see
+        ``unread_data`` in :meth:`attach`).  If it raises, or outlasts
+        ``handshake_timeout``, that connection alone is dropped: the
+        stream is closed, the error logged at WARNING, and this returns
+        normally, so the server goes on.  (Wrap the stream yourself, e.g. in
+        a :class:`trio.SSLStream`, in a handler of your own that then calls
+        this.)
+
+        If this is cancelled while the stream is attached (the server is
+        stopping), the stream fails (``EPIPE``, "its serve_stream() handler
+        was cancelled"): it leaves the mux before Trio closes it, and its
+        queued messages go to other streams, as for any failure.  A stream
+        you :meth:`unattach` makes this return, and then ``serve_tcp`` closes
+        it: unattach only streams you accepted yourself.
+
+        Args:
+          stream: The accepted connection.
+          handshake: ``async (stream) -> bytes | None``, or None for none.
+          handshake_timeout: Seconds allowed for ``handshake``; None: no limit.
+          parser, max_message_size, assembly_timeout: As for :meth:`attach`.
+
+        Raises:
+          trio.ClosedResourceError: The mux is closed (the stream is closed).
+
+        """
+        if handshake_timeout is not None and not handshake_timeout > 0:
+            raise ValueError("handshake_timeout must be > 0 (or None)")
+        await serve_stream(
+            self,
+            self._lifecycle,
+            stream,
+            handshake=handshake,
+            handshake_timeout=handshake_timeout,
+            parser=parser,
+            max_message_size=max_message_size,
+            assembly_timeout=assembly_timeout,
         )
 
     def errors(self) -> AsyncIterator[StreamError]:
