@@ -352,6 +352,40 @@ class KCMSocket:
             return
         await transmit.wait_send(self._tx, batch, nbytes)
 
+    async def flush(self) -> None:
+        """Wait until what this socket accepted so far was written, or given up.
+
+        It returns once every message this socket accepted before the call
+        (by any task) was written whole to a stream, or will not be: given
+        up when a stream failed (reported in a :class:`StreamError`'s
+        ``in_doubt`` or ``unsent``, as usual).  Messages accepted after the
+        call do not hold it up.  A :meth:`batch` block of this task goes out
+        first (its messages were accepted); an open block of another task is
+        waited for.  With nothing outstanding it returns at once.  Cancelled,
+        it stops waiting; the messages are not affected.
+
+        Raises:
+          trio.ClosedResourceError: The socket or mux is closed, before or
+            while this waits (what was accepted still goes out, as
+            :meth:`aclose` says).
+
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("the KCM socket is closed")
+        transmit = self._transmitter
+        flush = transmit.begin_flush(self._tx, trio.lowlevel.current_task())
+        if flush is None:
+            await self._yield()
+            return
+        try:
+            await flush.done.wait()
+        finally:
+            transmit.end_flush(self._tx, flush)
+            transmit.yielded()
+        if flush.closed and (flush.groups or flush.batches):
+            raise trio.ClosedResourceError("the KCM socket was closed during flush()")
+
     @asynccontextmanager
     async def batch(self) -> AsyncIterator[None]:
         """Group this task's sends on this socket (the kernel's ``MSG_BATCH``).

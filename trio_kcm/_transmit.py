@@ -45,6 +45,7 @@ from ._turns import Turns
 from ._txleave import StreamsLeaving
 from ._txstate import (
     Batch,
+    Flush,
     PinnedTxGroup,
     SendWaiter,
     SocketTx,
@@ -137,6 +138,9 @@ class Transmitter(StreamsLeaving):
         while tx.waiters:
             task, _ = tx.waiters.popitem(last=False)
             trio.lowlevel.reschedule(task, _closed_error())
+        for flush in tx.flushes:
+            flush.closed = True
+            flush.done.set()
         try:
             for batch in list(tx.batches.values()):
                 self._flush(tx, batch)
@@ -306,11 +310,50 @@ class Transmitter(StreamsLeaving):
             raise
 
     def _flush(self, tx: SocketTx, batch: Batch) -> None:
+        group = None
         if batch.messages:
             group = TxGroup(tx, batch.messages, batch.nbytes)
             batch.messages = []
             batch.nbytes = 0
+        if tx.flushes:
+            for flush in tx.flushes:
+                flush.batch_flushed(batch, group)
+        if group is not None:
             self._dispatch(tx, group)
+
+    # -- flush (KCMSocket.flush) -----------------------------------------------
+
+    def begin_flush(self, tx: SocketTx, task: trio.lowlevel.Task) -> Flush | None:
+        """What ``task``'s flush of ``tx`` waits for (None: nothing).
+
+        Everything the socket accepted: the groups waiting for a stream, queued
+        on streams or in flight, and the messages other tasks' open batches
+        hold (the flushing task's own batch goes out first, as the kernel
+        flushes a pending batch before it waits).
+        """
+        own = tx.batches.get(task)
+        if own is not None and own.messages:
+            self.flush_batch(tx, own)
+        groups: dict[TxGroup, None] = dict.fromkeys(tx.queue)
+        for stx in self.streams:
+            for group in stx.pending:
+                if group.sock is tx:
+                    groups[group] = None
+            for group in stx.inflight or ():
+                if group.sock is tx:
+                    groups[group] = None
+        batches = {b for t, b in tx.batches.items() if t is not task and b.messages}
+        if not groups and not batches:
+            return None
+        flush = Flush(groups, batches)
+        tx.flushes.append(flush)
+        return flush
+
+    @staticmethod
+    def end_flush(tx: SocketTx, flush: Flush) -> None:
+        """The flushing task is done waiting (or was cancelled)."""
+        if flush in tx.flushes:
+            tx.flushes.remove(flush)
 
     def _count_accepted(self, tx: SocketTx, n: int, nbytes: int) -> None:
         tx.queued_bytes += nbytes
@@ -618,6 +661,9 @@ class Transmitter(StreamsLeaving):
                     policy.released(handle, tx.sock)
             if tx.waiters:
                 self._wake_senders(tx)
+            if tx.flushes:
+                for flush in tx.flushes:
+                    flush.resolved(group)
         stx.queued_msgs -= nmsgs
         stx.msgs += nmsgs
         self.msgs += nmsgs

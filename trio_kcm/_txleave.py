@@ -107,6 +107,8 @@ class StreamsLeaving:
             self.outstanding -= group.nbytes
             if tx.waiters:
                 self._wake_senders(tx)
+            for flush in tx.flushes:
+                flush.resolved(group)
 
     def leave(self, stx: StreamTx) -> None:
         """The stream is being unattached: what the policy queued there goes elsewhere.

@@ -25,6 +25,7 @@ __all__ = [
     "WRITE_COALESCE",
     "Aborted",
     "Batch",
+    "Flush",
     "PinnedTxGroup",
     "SendWaiter",
     "SocketTx",
@@ -71,6 +72,36 @@ class PinnedTxGroup(TxGroup):
     pinned = True
 
 
+class Flush:
+    """A task waiting until the groups its socket had accepted are written or given up."""
+
+    __slots__ = ("batches", "closed", "done", "groups")
+
+    def __init__(self, groups: dict[TxGroup, None], batches: set[Batch]) -> None:
+        self.groups = groups
+        #: Other tasks' open batch() blocks, whose messages become a group later.
+        self.batches = batches
+        self.closed = False
+        self.done = trio.Event()
+
+    def resolved(self, group: TxGroup) -> None:
+        """``group`` was written, or given up."""
+        if self.groups.pop(group, 0) is None:
+            self._check()
+
+    def batch_flushed(self, batch: Batch, group: TxGroup | None) -> None:
+        """``batch`` handed its messages to the mux as ``group`` (None: it had none)."""
+        if batch in self.batches:
+            self.batches.discard(batch)
+            if group is not None:
+                self.groups[group] = None
+            self._check()
+
+    def _check(self) -> None:
+        if not self.groups and not self.batches:
+            self.done.set()
+
+
 class SendWaiter:
     __slots__ = ("batch", "messages", "nbytes", "target")
 
@@ -90,6 +121,7 @@ class SocketTx:
     __slots__ = (
         "batches",
         "bytes",
+        "flushes",
         "limit",
         "msgs",
         "queue",
@@ -109,6 +141,8 @@ class SocketTx:
         self.queued_msgs = 0
         self.waiters: OrderedDict[trio.lowlevel.Task, SendWaiter] = OrderedDict()
         self.batches: dict[trio.lowlevel.Task, Batch] = {}
+        #: Tasks in KCMSocket.flush(), each with what it waits for.
+        self.flushes: list[Flush] = []
         self.msgs = 0
         self.bytes = 0
 
