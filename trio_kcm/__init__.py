@@ -17,13 +17,13 @@ from ._events import (
     StreamStalled,
     StreamUnattached,
 )
-from ._format import format_stats
+from ._format import format_kcm_stats, format_stats
 from ._mux import Mux, open_mux
 from ._parsers import Delimited, LengthPrefixed, Parser, ParserLike
 from ._policy import ENTRY_POINT_GROUP, Policy, available_policies, load_policy
 from ._serve import Handshake
 from ._socket import KCMSocket, SocketType
-from ._stats import MuxStatistics, SocketStatistics, StreamState, StreamStatistics
+from ._stats import MuxStatistics, SocketStatistics, StreamState, StreamStatistics, StreamTotals
 from ._stream import AttachedStream
 from ._supervise import Backoff
 from ._tcpinfo import TCPInfo
@@ -55,10 +55,12 @@ __all__ = [
     "StreamStalled",
     "StreamState",
     "StreamStatistics",
+    "StreamTotals",
     "StreamUnattached",
     "TCPInfo",
     "__version__",
     "available_policies",
+    "format_kcm_stats",
     "format_stats",
     "load_policy",
     "open_mux",

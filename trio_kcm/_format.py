@@ -1,4 +1,4 @@
-"""``format_stats``: a mux's counters in the layout of the kernel's /proc/net/kcm."""
+"""A mux's counters in the layouts of the kernel's /proc/net/kcm and /proc/net/kcm_stats."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ._stats import StreamState
 if TYPE_CHECKING:
     from ._mux import Mux
 
-__all__ = ["format_stats"]
+__all__ = ["format_kcm_stats", "format_stats"]
 
 _ROW = "{:<10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>10} {}"
 
@@ -106,4 +106,49 @@ def format_stats(mux: Mux) -> str:
                 " ".join(flags),
             )
         )
+    return "\n".join(lines) + "\n"
+
+
+def _columns(widths: tuple[int, ...], cells: list[object]) -> str:
+    return " ".join(
+        f"{cell!s:<{width}}" for width, cell in zip(widths, cells, strict=True)
+    ).rstrip()
+
+
+_MUX_WIDTHS = (8, 10, 16, 10, 16, 10, 10, 10, 11, 10)
+_PSOCK_WIDTHS = (8, 10, 16, 10, 16, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10)
+
+
+def format_kcm_stats(mux: Mux) -> str:
+    """Return ``mux``'s totals laid out like the kernel's ``/proc/net/kcm_stats``.
+
+    Two header-and-values pairs: ``MUX`` (:meth:`Mux.statistics`) and
+    ``Psock`` (:meth:`Mux.stream_totals`, every stream the mux ever had).
+    The kernel's file covers every mux of a network namespace since boot;
+    this covers one mux since it opened.  Unlike the kernel's, ``Unattach``
+    and ``UnattchRsvd`` are not swapped, ``TX-Retries`` is counted, and
+    ``RX-Aborts`` is real (streams whose reader failed them); ``RX-MemFail``
+    is always 0 (Python does not retry failed allocations).
+    """
+    m = mux.statistics()
+    t = mux.stream_totals()
+    mux_head: list[object] = ["MUX", "RX-Msgs", "RX-Bytes", "TX-Msgs", "TX-Bytes"]
+    mux_head += ["TX-Retries", "Attach", "Unattach", "UnattchRsvd", "RX-RdyDrops"]
+    mux_row: list[object] = ["", m.rx_msgs, m.rx_bytes, m.tx_msgs, m.tx_bytes, m.tx_retries]
+    mux_row += [m.psock_attach, m.psock_unattach, t.unattached_reserved, m.rx_ready_drops]
+    psock_head: list[object] = ["Psock", "RX-Msgs", "RX-Bytes", "TX-Msgs", "TX-Bytes"]
+    psock_head += ["Reserved", "Unreserved", "RX-Aborts", "RX-Intr", "RX-Unrecov"]
+    psock_head += ["RX-MemFail", "RX-NeedMor", "RX-BadLen", "RX-TooBig", "RX-Timeout"]
+    psock_head += ["TX-Aborts"]
+    psock_row: list[object] = ["", t.rx_msgs, t.rx_bytes, t.tx_msgs, t.tx_bytes, t.reserved]
+    psock_row += [t.unreserved, t.rx_aborts, t.rx_interrupted, t.rx_unrecoverable, 0]
+    psock_row += [t.rx_need_more_hdr, t.rx_bad_hdr_len, t.rx_msg_too_big, t.rx_msg_timeouts]
+    psock_row += [t.tx_aborts]
+    lines = [
+        _columns(_MUX_WIDTHS, mux_head),
+        _columns(_MUX_WIDTHS, mux_row),
+        "",
+        _columns(_PSOCK_WIDTHS, psock_head),
+        _columns(_PSOCK_WIDTHS, psock_row),
+    ]
     return "\n".join(lines) + "\n"

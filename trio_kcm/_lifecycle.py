@@ -41,12 +41,16 @@ from ._feeds import ERROR_BACKLOG, EVENT_BACKLOG, ErrorFeed, Feed
 from ._parsers import Parser
 from ._receive import FailStream, Receiver
 from ._state import HEALTHY, RELEASED, Phase, transition
+from ._stats import TOTALLED, StreamTotals
 from ._stream import AttachedStream, StreamLife, life_of
 from ._transmit import Transmitter
 
 __all__ = ["Lifecycle", "lowest_free"]
 
 logger = logging.getLogger("trio_kcm")
+
+#: Reader failures that the parser or its limits caused (the kernel's RX-Intr).
+_PARSER_ERRNOS = frozenset({_errno.EBADMSG, _errno.EPROTO, _errno.EMSGSIZE, _errno.ETIMEDOUT})
 
 # Streams attached to any mux in this process, by id (a stream is in at most
 # one mux, as a TCP socket is in the kernel: EALREADY).  Weak, so that a mux
@@ -74,6 +78,7 @@ class Lifecycle:
         "clock",
         "close_timeout",
         "closing_event",
+        "departed",
         "errors",
         "events",
         "failures",
@@ -88,6 +93,7 @@ class Lifecycle:
         "streams",
         "transmit",
         "unattaches",
+        "why",
     )
 
     def __init__(
@@ -130,6 +136,13 @@ class Lifecycle:
         self.attaches = 0
         self.unattaches = 0
         self.failures = 0
+        #: The counters of the streams that left, added up (see totals()).
+        self.departed: dict[str, int] = dict.fromkeys(TOTALLED, 0)
+        #: Why streams failed or left: rx_aborts, rx_interrupted,
+        #: rx_unrecoverable, unattached_reserved (see StreamTotals).
+        self.why: dict[str, int] = dict.fromkeys(
+            ("rx_aborts", "rx_interrupted", "rx_unrecoverable", "unattached_reserved"), 0
+        )
 
     # -- attach ------------------------------------------------------------------
 
@@ -212,6 +225,10 @@ class Lifecycle:
             *,
             eof: bool = False,
         ) -> None:
+            if life.phase in HEALTHY:
+                self.why["rx_aborts"] += 1
+                if errno in _PARSER_ERRNOS:
+                    self.why["rx_interrupted"] += 1
             self.fail(life, errno, message, cause=cause, partial=partial, eof=eof)
 
         return fail
@@ -298,6 +315,8 @@ class Lifecycle:
         aborted = self.transmit.abort(life.tx)
         if partial is None:
             partial = life.rx.take_unread()
+        if partial:
+            self.why["rx_unrecoverable"] += 1
         error = StreamError(
             errno,
             f"psock-{life.index}: {message}",
@@ -363,6 +382,8 @@ class Lifecycle:
     def begin_unattach(self, life: StreamLife) -> None:
         """Unattach, first step: no new messages; the reader stops, the writer finishes."""
         life.phase = transition(life.phase, Phase.UNATTACHING)
+        if life.tx.owners:
+            self.why["unattached_reserved"] += 1
         try:
             self.transmit.leave(life.tx)
         except BaseException as exc:
@@ -400,10 +421,23 @@ class Lifecycle:
         if _attached.get(id(life.transport)) is handle:
             del _attached[id(life.transport)]
         self.unattaches += 1
+        stats = handle.statistics()
+        departed = self.departed
+        for name in TOTALLED:
+            departed[name] += getattr(stats, name)
         self.transmit.close_stream(life.tx)
         life.released.set()
         if not self.finished:
             self.errors.trim()
+
+    def totals(self) -> StreamTotals:
+        """The counters of every stream, attached now or gone, added up."""
+        sums = dict(self.departed)
+        for handle in self.streams:
+            stats = handle.statistics()
+            for name in TOTALLED:
+                sums[name] += getattr(stats, name)
+        return StreamTotals(**sums, **self.why)
 
     def error_of(self, handle: AttachedStream) -> StreamError | None:
         """The error a stream failed with, if it did."""

@@ -37,7 +37,7 @@ from ._policy import Policy, bind_policy, resolve_policies
 from ._receive import Receiver
 from ._serve import Handshake, serve_stream
 from ._socket import KCMSocket, SocketType, close_socket
-from ._stats import MuxStatistics, StreamState
+from ._stats import MuxStatistics, StreamState, StreamTotals
 from ._stream import AttachedStream, life_of
 from ._supervise import DEFAULT_BACKOFF, Backoff, supervise
 from ._transmit import Transmitter
@@ -476,6 +476,15 @@ class Mux:
             errors_dropped=lifecycle.errors.dropped,
             events_dropped=lifecycle.events.dropped,
         )
+
+    def stream_totals(self) -> StreamTotals:
+        """Return the counters of every stream this mux ever had, added up.
+
+        The kernel's psock totals (the ``Psock`` line of
+        ``/proc/net/kcm_stats``; see :func:`format_kcm_stats`) for this mux:
+        the streams attached now and those that left.
+        """
+        return self._lifecycle.totals()
 
     def __repr__(self) -> str:
         state = " closed" if self._lifecycle.closing else ""

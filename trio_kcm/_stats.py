@@ -8,7 +8,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["MuxStatistics", "SocketStatistics", "StreamState", "StreamStatistics"]
+__all__ = [
+    "TOTALLED",
+    "MuxStatistics",
+    "SocketStatistics",
+    "StreamState",
+    "StreamStatistics",
+    "StreamTotals",
+]
 
 
 class StreamState(str, enum.Enum):
@@ -145,3 +152,62 @@ class MuxStatistics:
     errors_dropped: int
     #: Events dropped untaken: beyond 1,024 waiting events the oldest go.
     events_dropped: int
+
+
+#: The counters of StreamStatistics that StreamTotals adds up.
+TOTALLED = (
+    "rx_msgs",
+    "rx_bytes",
+    "tx_msgs",
+    "tx_bytes",
+    "reserved",
+    "unreserved",
+    "tx_aborts",
+    "rx_need_more_hdr",
+    "rx_bad_hdr_len",
+    "rx_msg_too_big",
+    "rx_msg_timeouts",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTotals:
+    """The counters of every stream a mux ever had, added up (the kernel's psock totals).
+
+    What ``/proc/net/kcm_stats`` shows on its ``Psock`` line, for one mux:
+    streams attached now and streams that left are both counted.  The first
+    eleven fields add up the same fields of :class:`StreamStatistics`.
+    """
+
+    #: Messages assembled from streams.
+    rx_msgs: int
+    #: Bytes of those messages.
+    rx_bytes: int
+    #: Messages written whole to streams.
+    tx_msgs: int
+    #: Bytes written to streams.
+    tx_bytes: int
+    #: Bursts of a KCM socket started on a stream.
+    reserved: int
+    #: Bursts of a KCM socket finished on a stream.
+    unreserved: int
+    #: Writes that failed part-way.
+    tx_aborts: int
+    #: Times a parser answered "need more bytes".
+    rx_need_more_hdr: int
+    #: Impossible lengths from a parser (EPROTO).
+    rx_bad_hdr_len: int
+    #: Messages announced above max_message_size (EMSGSIZE).
+    rx_msg_too_big: int
+    #: Messages that outlasted assembly_timeout (ETIMEDOUT).
+    rx_msg_timeouts: int
+    #: Streams whose reader failed them (the peer's end of file included).
+    rx_aborts: int
+    #: Streams failed by their parser or its limits: a rejected header,
+    #: an impossible or too large length, a timeout (the kernel's RX-Intr).
+    rx_interrupted: int
+    #: Streams that failed with part of a message received (RX-Unrecov).
+    rx_unrecoverable: int
+    #: Streams unattached while a KCM socket had a burst on them
+    #: (the kernel's ``psock_unattach_rsvd``).
+    unattached_reserved: int
