@@ -86,3 +86,9 @@ def test_handshake_example() -> None:
     out = run_example("handshake.py", "6", "25")
     assert "6 clients greeted and answered: 150 replies" in out
     assert "connections attached: 6 (the stranger was refused)" in out
+
+
+def test_server_example() -> None:
+    out = run_example("server.py", "6", "15")
+    assert "6 clients, 90 requests read, 90 answered" in out
+    assert "connections closed by their client: 6, failed: 0" in out
