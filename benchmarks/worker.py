@@ -245,8 +245,10 @@ class _WriteCounter:
     The streams stay plain :class:`trio.SocketStream` objects, so the mux
     takes the same paths as when nothing is counted (a wrapper stream would
     turn off the sending task's own write).  Two measurement hooks, both on
-    this process's objects only: the writer's writes go through the trio
-    socket's ``send``, the sending task's through the stream's ``eager_send``.
+    this process's objects only: on a plain SocketStream both the writer and
+    the sending task write through the stream's ``eager_send`` (watch it
+    right after attaching, before the writer starts); a writer that uses
+    ``send_all`` goes through the trio socket's ``send``.
     """
 
     def __init__(self) -> None:
@@ -266,7 +268,7 @@ class _WriteCounter:
         eager = tx.eager_send
         if eager is not None:
 
-            def counted_eager(data: bytes) -> int:
+            def counted_eager(data: bytes | memoryview) -> int:
                 self.writes += 1
                 return eager(data)
 

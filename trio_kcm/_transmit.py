@@ -29,6 +29,7 @@ turn are neither.
 
 from __future__ import annotations
 
+import errno as _errno
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, final
@@ -590,6 +591,7 @@ class Transmitter(StreamsLeaving):
         """
         pending = stx.pending
         transport = stx.life.transport
+        send, sock = stx.eager_send, stx.plain
         while True:
             data: bytes | memoryview
             if stx.rest is not None:
@@ -610,7 +612,10 @@ class Transmitter(StreamsLeaving):
                 groups, size, data = collect(pending)
                 stx.inflight = groups
             try:
-                await transport.send_all(data)
+                if send is None or sock is None:
+                    await transport.send_all(data)
+                else:
+                    await _write_all(send, sock, data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 fail(exc)
                 return
@@ -619,6 +624,10 @@ class Transmitter(StreamsLeaving):
                 return
             stx.inflight = None
             self.written(stx, groups, size)
+            if pending:
+                # Completion accepted waiting senders' messages here: let
+                # other tasks run before writing them.
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     def written(self, stx: StreamTx, groups: list[TxGroup], size: int) -> None:
         """Completion: a write of ``groups`` (``size`` bytes) on ``stx`` is done.
@@ -671,6 +680,39 @@ class Transmitter(StreamsLeaving):
             self._dispatch_waiting()
         if self.progress is not None:
             self.progress.set()
+
+
+async def _write_all(
+    send: Callable[[bytes | memoryview], int],
+    sock: trio.socket.SocketType,
+    data: bytes | memoryview,
+) -> None:
+    """``send_all`` for a plain socket, with no schedule point after its last byte.
+
+    The writer then completes the write (``written``) in the same step as the
+    system call that finished it: a stream that fails meanwhile -- its peer
+    read the replies and hung up, and the reader saw that first -- cannot
+    report messages that were written as in doubt, as a ``send_all`` (whose
+    last send is followed by a schedule point) could.  Errors are reported
+    as ``SocketStream.send_all`` reports them.
+    """
+    view = memoryview(data)
+    while True:
+        try:
+            sent = send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        except OSError as exc:
+            if exc.errno == _errno.EBADF:
+                raise trio.ClosedResourceError("the socket was closed") from None
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+        if sent >= len(view):
+            return
+        view = view[sent:]
+        # Part of it went: let the reader drain some, then try again (as
+        # send_all does); wait for the socket only if it is still full.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 def _closed_error() -> outcome.Error:

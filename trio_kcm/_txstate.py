@@ -147,7 +147,7 @@ class SocketTx:
         self.bytes = 0
 
 
-def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
+def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes | memoryview], int] | None:
     """A non-blocking write for a plain :class:`trio.SocketStream`, else ``None``.
 
     Trio keeps its sockets non-blocking, so a write the kernel can take at
@@ -158,7 +158,7 @@ def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
     if sock is None:
         return None
 
-    def send(data: bytes) -> int:
+    def send(data: bytes | memoryview) -> int:
         fd = sock.fileno()
         if fd < 0:
             raise OSError(_errno.EBADF, "the socket is closed")
@@ -181,6 +181,7 @@ class StreamTx:
         "msgs",
         "owners",
         "pending",
+        "plain",
         "queued_bytes",
         "queued_msgs",
         "reserved",
@@ -200,6 +201,8 @@ class StreamTx:
         #: What is left of a write the sending task began, and its size.
         self.rest: tuple[memoryview, int] | None = None
         self.eager_send = _eager_sender(life.transport)
+        #: The trio socket of a plain SocketStream (its writer waits on it).
+        self.plain = plain_socket(life.transport) if self.eager_send is not None else None
         #: The sending task wrote to it itself and has not yet passed its
         #: schedule point (:meth:`Transmitter.end_send`).
         self.window = False
