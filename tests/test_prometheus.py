@@ -27,6 +27,7 @@ OBJECTS = {
     "mux": trio_kcm.MuxStatistics,
     "stream": trio_kcm.StreamStatistics,
     "socket": trio_kcm.SocketStatistics,
+    "streams": trio_kcm.StreamTotals,
 }
 # What can go down is a gauge; everything else only grows and is a counter.
 GAUGES = {
@@ -50,6 +51,7 @@ GAUGES = {
         "tx_waiting",
         "tx_batched_msgs",
     },
+    "streams": set(),
 }
 UNIT_SUFFIXES = ("", "_seconds")
 
@@ -92,6 +94,7 @@ def check_matches(families: dict[str, Any], name: str, mux: trio_kcm.Mux) -> int
     objects += [
         ("socket", s.statistics(), {"mux": name, "socket": str(s.index)}) for s in mux.sockets
     ]
+    objects.append(("streams", mux.stream_totals(), {"mux": name}))
     checked = 0
     for obj, stats, labels in objects:
         for f in dataclasses.fields(OBJECTS[obj]):
@@ -148,8 +151,9 @@ async def test_every_statistic_is_exported_with_its_value() -> None:
 
         families = scrape(registry)
         checked = check_matches(families, "main", mux)
-        # 14 mux fields, 3 streams x (18 fields + 3 state samples), 3 sockets x 12 fields
-        assert checked == 14 + 3 * 21 + 3 * 12
+        # 14 mux fields, 3 streams x (18 fields + 3 state samples), 3 sockets x
+        # 12 fields, 15 stream totals
+        assert checked == 14 + 3 * 21 + 3 * 12 + 15
         # The traffic shows: not all zeros.
         assert families["trio_kcm_mux_rx_msgs"].samples[0].value == 6
         assert (

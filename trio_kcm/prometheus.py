@@ -5,9 +5,10 @@ Install with ``pip install 'trio-kcm[prometheus]'``.  This module imports
 never needs it.
 
 Every field of :class:`~trio_kcm.MuxStatistics`,
-:class:`~trio_kcm.StreamStatistics` and :class:`~trio_kcm.SocketStatistics`
-becomes one metric family: a counter (exposed as ``<name>_total``) for what
-only grows, a gauge for what goes up and down.
+:class:`~trio_kcm.StreamStatistics`, :class:`~trio_kcm.SocketStatistics`
+and :class:`~trio_kcm.StreamTotals` becomes one metric family: a counter
+(exposed as ``<name>_total``) for what only grows, a gauge for what goes up
+and down.
 
 - ``trio_kcm_mux_<field>``, label ``mux`` (the name the mux was given);
 - ``trio_kcm_stream_<field>``, labels ``mux`` and ``stream`` (the
@@ -17,7 +18,11 @@ only grows, a gauge for what goes up and down.
   has a third label, ``state``, with one sample per
   :class:`~trio_kcm.StreamState`: 1 for the stream's state, 0 for the others;
 - ``trio_kcm_socket_<field>``, labels ``mux`` and ``socket`` (the
-  :attr:`~trio_kcm.KCMSocket.index`, ``kcm-N``).  ``receive_enabled`` is 1 or 0.
+  :attr:`~trio_kcm.KCMSocket.index`, ``kcm-N``).  ``receive_enabled`` is 1 or 0;
+- ``trio_kcm_streams_<field>``, label ``mux``: the fields of
+  :class:`~trio_kcm.StreamTotals` (:meth:`Mux.stream_totals
+  <trio_kcm.Mux.stream_totals>`), every stream's counters added up, those
+  that left included, so they never go back when a stream goes.
 
 Indices are reused: a stream attached after another was unattached may take
 its number, and its counters then start again from 0, which Prometheus's
@@ -40,7 +45,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from ._stats import MuxStatistics, SocketStatistics, StreamState, StreamStatistics
+from ._stats import MuxStatistics, SocketStatistics, StreamState, StreamStatistics, StreamTotals
 
 if TYPE_CHECKING:
     from ._mux import Mux
@@ -123,6 +128,27 @@ _SOCKET_FIELDS: tuple[_Field, ...] = (
 )
 
 
+_TOTALS_FIELDS: tuple[_Field, ...] = (
+    _Field("rx_msgs", "counter", "Messages assembled from every stream, ever."),
+    _Field("rx_bytes", "counter", "Bytes of the messages assembled from every stream, ever."),
+    _Field("tx_msgs", "counter", "Messages written whole to every stream, ever."),
+    _Field("tx_bytes", "counter", "Bytes written to every stream, ever."),
+    _Field("reserved", "counter", "Bursts of a KCM socket started on a stream, ever."),
+    _Field("unreserved", "counter", "Bursts of a KCM socket finished on a stream, ever."),
+    _Field("tx_aborts", "counter", "Writes that failed part-way, ever."),
+    _Field("rx_need_more_hdr", "counter", "Times a parser answered 'need more bytes', ever."),
+    _Field("rx_bad_hdr_len", "counter", "Impossible lengths from a parser (EPROTO), ever."),
+    _Field("rx_msg_too_big", "counter", "Messages announced above max_message_size, ever."),
+    _Field("rx_msg_timeouts", "counter", "Messages that outlasted assembly_timeout, ever."),
+    _Field("rx_aborts", "counter", "Streams whose reader failed them, ever."),
+    _Field("rx_interrupted", "counter", "Streams failed by their parser or its limits, ever."),
+    _Field("rx_unrecoverable", "counter", "Streams that failed with half a message, ever."),
+    _Field(
+        "unattached_reserved", "counter", "Streams unattached while a socket had a burst on them."
+    ),
+)
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """Everything one scrape reports about one mux, taken at one instant."""
@@ -131,6 +157,7 @@ class _Snapshot:
     mux: MuxStatistics
     streams: tuple[tuple[int, StreamStatistics], ...]
     sockets: tuple[tuple[int, SocketStatistics], ...]
+    totals: StreamTotals
 
 
 @dataclass(frozen=True)
@@ -146,6 +173,7 @@ def _take(name: str, mux: Mux) -> _Snapshot:
         mux=mux.statistics(),
         streams=tuple((h.index, h.statistics()) for h in mux.streams),
         sockets=tuple((s.index, s.statistics()) for s in mux.sockets),
+        totals=mux.stream_totals(),
     )
 
 
@@ -302,4 +330,9 @@ def _families(snapshots: Iterable[_Snapshot]) -> Iterator[Metric]:
         for snap in snapshots:
             for index, sock_stats in snap.sockets:
                 family.add_metric([snap.name, str(index)], _value(sock_stats, spec.field))
+        yield family
+    for spec in _TOTALS_FIELDS:
+        family = _family("streams", spec, ["mux"])
+        for snap in snapshots:
+            family.add_metric([snap.name], _value(snap.totals, spec.field))
         yield family
