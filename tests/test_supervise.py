@@ -366,7 +366,7 @@ async def test_a_failed_tls_handshake_is_retried(autojump_clock: trio.abc.Clock)
 @pytest.mark.parametrize("retry_in_doubt", [True, False])
 @deadline(100000)
 async def test_a_pool_survives_a_peer_that_keeps_dropping_connections(
-    autojump_clock: trio.abc.Clock, retry_in_doubt: bool
+    autojump_clock: trio.abc.Clock, retry_in_doubt: bool, frozen_turns: None
 ) -> None:
     """Every message sent is delivered, or reported in doubt; nothing else is lost.
 
