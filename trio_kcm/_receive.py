@@ -39,7 +39,7 @@ from ._assembler import Assembler, AssemblyError
 from ._bugs import BugReport
 from ._policy import Policy
 from ._state import HEALTHY
-from ._stream import plain_socket
+from ._stream import plain_socket, raise_socket_error
 
 if TYPE_CHECKING:
     from ._socket import KCMSocket
@@ -117,18 +117,12 @@ def _waiting_reader(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes]
     async def read(max_bytes: int) -> bytes:
         while True:
             await trio.lowlevel.wait_readable(sock)
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError("the socket was closed")
             try:
-                return os.read(fd, max_bytes)
+                return os.read(sock.fileno(), max_bytes)  # -1 once closed: EBADF
             except BlockingIOError:
                 pass
             except OSError as exc:
-                # As SocketStream.receive_some reports it.
-                if exc.errno == _errno.EBADF:
-                    raise trio.ClosedResourceError("the socket was closed") from None
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+                raise_socket_error(exc)
 
     return read
 

@@ -277,7 +277,7 @@ class KCMSocket:
             return
         if transmit.send_now(tx, [message], len(message)):
             if not self._turns.skip():
-                await transmit.end_send()
+                await transmit.yield_turn()
             return
         await transmit.wait_send(tx, [message], len(message))
 
@@ -348,7 +348,7 @@ class KCMSocket:
             if self._in_batch():
                 transmit.close_windows()
             elif not self._turns.skip():
-                await transmit.end_send()
+                await transmit.yield_turn()
             return
         await transmit.wait_send(self._tx, batch, nbytes)
 
@@ -376,7 +376,7 @@ class KCMSocket:
         transmit = self._transmitter
         flush = transmit.begin_flush(self._tx, trio.lowlevel.current_task())
         if flush is None:
-            await self._yield()
+            await self._transmitter.yield_turn()
             return
         try:
             await flush.done.wait()
@@ -483,7 +483,7 @@ class KCMSocket:
         if rx.queue:
             messages = take(rx, max_messages)
             if not self._turns.skip():
-                await self._yield()
+                await self._transmitter.yield_turn()
             return messages
         task = trio.lowlevel.current_task()
         waiters = rx.waiters
@@ -545,15 +545,8 @@ class KCMSocket:
             raise trio.ClosedResourceError("the KCM socket is closed")
         piece = self._piece(rest, max_bytes)
         if not self._turns.skip():
-            await self._yield()
+            await self._transmitter.yield_turn()
         return piece
-
-    async def _yield(self) -> None:
-        # The schedule point of a receive that may not skip it (see _turns.py).
-        try:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._transmitter.yielded()
 
     def _check_receive_some(self, max_bytes: int) -> tuple[bytes, int] | None:
         """Check the call; return the rest this task has to read, if any."""
@@ -660,7 +653,7 @@ class KCMSocket:
         transmit = self._transmitter
         if transmit.send_now(self._tx, [message], len(message), handle):
             if not self._turns.skip():
-                await transmit.end_send()
+                await transmit.yield_turn()
             return
         await transmit.wait_send(self._tx, [message], len(message), handle)
 

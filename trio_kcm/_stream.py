@@ -10,9 +10,10 @@ application and the policies see only reads them.
 
 from __future__ import annotations
 
+import errno as _errno
 import math
 import os
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, NoReturn, final
 
 import trio
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from ._receive import StreamRx
     from ._txstate import StreamTx
 
-__all__ = ["AttachedStream", "StreamLife", "life_of", "plain_socket"]
+__all__ = ["AttachedStream", "StreamLife", "life_of", "plain_socket", "raise_socket_error"]
 
 
 def plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -44,6 +45,18 @@ def plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     if fd < 0 or os.get_blocking(fd):
         return None
     return sock
+
+
+def raise_socket_error(exc: OSError) -> NoReturn:
+    """Raise what ``SocketStream`` raises for ``exc``, a system call's error on its socket.
+
+    A closed socket (``EBADF``, also the file descriptor -1 that a closed trio
+    socket reports) is :exc:`trio.ClosedResourceError`; anything else
+    :exc:`trio.BrokenResourceError` caused by ``exc``.
+    """
+    if exc.errno == _errno.EBADF:
+        raise trio.ClosedResourceError("the socket was closed") from None
+    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
 
 @final

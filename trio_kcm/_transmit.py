@@ -29,7 +29,6 @@ turn are neither.
 
 from __future__ import annotations
 
-import errno as _errno
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, final
@@ -41,7 +40,7 @@ from trio.lowlevel import enable_ki_protection
 from ._bugs import BugReport
 from ._policy import Policy
 from ._state import Phase
-from ._stream import life_of
+from ._stream import life_of, raise_socket_error
 from ._turns import Turns
 from ._txleave import StreamsLeaving
 from ._txstate import (
@@ -272,11 +271,12 @@ class Transmitter(StreamsLeaving):
         finally:
             self.yielded()
 
-    async def end_send(self) -> None:
-        """An accepted send's schedule point, for one that may not skip it.
+    async def yield_turn(self) -> None:
+        """The schedule point of a socket call that completed and may not skip it.
 
-        The caller asked :meth:`Turns.skip <trio_kcm._turns.Turns.skip>`
-        first.  A stream the sending task wrote to itself keeps a *window*
+        The caller (a send or a receive) asked :meth:`Turns.skip
+        <trio_kcm._turns.Turns.skip>` first.  A stream the sending task wrote
+        to itself keeps a *window*
         open until the task yields: sends to it in the meantime (the rest of
         this task's run of sends that skip their schedule point, and other
         tasks' sends in the same pass of the scheduler) are queued and wake
@@ -537,7 +537,7 @@ class Transmitter(StreamsLeaving):
         Called by :meth:`send_now` right after it tried to accept, whatever
         came of it: a stream noted here was not woken, so its writer is woken
         now unless this writes all it has.  A write that the kernel takes whole
-        is done here and then, and opens a window (see :meth:`end_send`);
+        is done here and then, and opens a window (see :meth:`yield_turn`);
         what the kernel does not take is left to the stream's writer task,
         which finishes that write before any other (so the message stays
         whole).  An error is left to the writer too: it will meet it again and
@@ -704,9 +704,7 @@ async def _write_all(
             await trio.lowlevel.wait_writable(sock)
             continue
         except OSError as exc:
-            if exc.errno == _errno.EBADF:
-                raise trio.ClosedResourceError("the socket was closed") from None
-            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            raise_socket_error(exc)
         if sent >= len(view):
             return
         view = view[sent:]

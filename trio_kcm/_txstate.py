@@ -7,7 +7,6 @@ hold theirs and only read it.
 
 from __future__ import annotations
 
-import errno as _errno
 import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -147,22 +146,20 @@ class SocketTx:
         self.bytes = 0
 
 
-def _eager_sender(stream: trio.abc.Stream) -> Callable[[bytes | memoryview], int] | None:
-    """A non-blocking write for a plain :class:`trio.SocketStream`, else ``None``.
+def _eager_sender(
+    sock: trio.socket.SocketType | None,
+) -> Callable[[bytes | memoryview], int] | None:
+    """A non-blocking write on a plain :class:`trio.SocketStream`'s socket, else ``None``.
 
     Trio keeps its sockets non-blocking, so a write the kernel can take at
     once needs no wait.  The file descriptor is asked for at each write: once
     the socket is closed it is ``-1``, never a number reused by something else.
     """
-    sock = plain_socket(stream)
     if sock is None:
         return None
 
     def send(data: bytes | memoryview) -> int:
-        fd = sock.fileno()
-        if fd < 0:
-            raise OSError(_errno.EBADF, "the socket is closed")
-        return os.write(fd, data)
+        return os.write(sock.fileno(), data)  # -1 once closed: EBADF
 
     return send
 
@@ -200,11 +197,11 @@ class StreamTx:
         self.inflight: list[TxGroup] | None = None
         #: What is left of a write the sending task began, and its size.
         self.rest: tuple[memoryview, int] | None = None
-        self.eager_send = _eager_sender(life.transport)
         #: The trio socket of a plain SocketStream (its writer waits on it).
-        self.plain = plain_socket(life.transport) if self.eager_send is not None else None
+        self.plain = plain_socket(life.transport)
+        self.eager_send = _eager_sender(self.plain)
         #: The sending task wrote to it itself and has not yet passed its
-        #: schedule point (:meth:`Transmitter.end_send`).
+        #: schedule point (:meth:`Transmitter.yield_turn`).
         self.window = False
         #: Sockets with groups queued or in flight here (policy-picked), and
         #: how many: a socket's *burst* on this stream.
