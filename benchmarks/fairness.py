@@ -30,30 +30,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import trio
+from _loopback import CHUNK, PARSER, frame, sink, tcp_pair  # a neighbour: run as a script
 
 import trio_kcm
-
-PARSER = trio_kcm.LengthPrefixed(">I", adjust=4)
-CHUNK = 65536
-
-
-def _frame(size: int) -> bytes:
-    return struct.pack(">I", size) + b"x" * size
-
-
-async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    client = await trio.open_tcp_stream("127.0.0.1", port)
-    server = await listeners[0].accept()
-    await listeners[0].aclose()
-    return client, server
 
 
 class Bystander:
@@ -79,45 +63,42 @@ def _busy(seconds: float) -> None:
         pass
 
 
-async def _sink(stream: trio.SocketStream) -> None:
-    while await stream.receive_some(CHUNK):
-        pass
+async def _timed_sends(
+    send: Callable[[bytes], Awaitable[object]], message: bytes, count: int, work: float
+) -> float:
+    """Seconds for ``count`` awaited sends, each after ``work`` seconds of work."""
+    start = time.perf_counter()
+    for _ in range(count):
+        if work:
+            _busy(work)
+        await send(message)
+    return time.perf_counter() - start
 
 
 async def _send_loop(case: str, count: int, size: int, work: float) -> tuple[float, list[float]]:
-    message = _frame(size)
-    client, server = await _pair()
+    message = frame(size)
+    client, server = await tcp_pair()
     bystander = Bystander()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_sink, server)
+        nursery.start_soon(sink, server)
         if case.startswith("raw"):
             nursery.start_soon(bystander.run)
-            start = time.perf_counter()
-            for _ in range(count):
-                if work:
-                    _busy(work)
-                await client.send_all(message)
-            elapsed = time.perf_counter() - start
+            elapsed = await _timed_sends(client.send_all, message, count, work)
             await client.aclose()
         else:
             async with trio_kcm.open_mux(parser=PARSER) as mux:
                 mux.attach(client)
                 sock = mux.socket()
                 nursery.start_soon(bystander.run)
-                start = time.perf_counter()
-                for _ in range(count):
-                    if work:
-                        _busy(work)
-                    await sock.send(message)
-                elapsed = time.perf_counter() - start
+                elapsed = await _timed_sends(sock.send, message, count, work)
         nursery.cancel_scope.cancel()
     return count / elapsed, bystander.gaps
 
 
 async def _receive_loop(case: str, count: int, size: int, work: float) -> tuple[float, list[float]]:
-    message = _frame(size)
+    message = frame(size)
     chunk = message * max(1, CHUNK // len(message))
-    client, server = await _pair()
+    client, server = await tcp_pair()
     bystander = Bystander()
 
     async def feed() -> None:

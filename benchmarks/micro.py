@@ -32,38 +32,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
+from _loopback import CHUNK, PARSER, frame, sink, tcp_pair  # a neighbour: run as a script
 
 import trio_kcm
 
-PARSER = trio_kcm.LengthPrefixed(">I", adjust=4)
-CHUNK = 65536
-
-
-def _frame(size: int) -> bytes:
-    return struct.pack(">I", size) + b"x" * size
-
-
-async def _pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    client = await trio.open_tcp_stream("127.0.0.1", port)
-    server = await listeners[0].accept()
-    await listeners[0].aclose()
-    return client, server
-
-
-async def _sink(stream: trio.SocketStream) -> None:
-    while await stream.receive_some(CHUNK):
-        pass
-
 
 async def _tx(case: str, count: int, size: int) -> float:
-    message = _frame(size)
+    message = frame(size)
     per_write = max(1, CHUNK // len(message))
-    client, server = await _pair()
+    client, server = await tcp_pair()
     start = time.process_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_sink, server)
+        nursery.start_soon(sink, server)
         if case == "tx-raw":
             for _ in range(count):
                 await client.send_all(message)
@@ -99,11 +79,11 @@ async def _tx(case: str, count: int, size: int) -> float:
 
 
 async def _rx(case: str, count: int, size: int) -> float:
-    message = _frame(size)
+    message = frame(size)
     per_write = max(1, CHUNK // len(message))
     chunk = message * per_write
     total = count // per_write * per_write
-    client, server = await _pair()
+    client, server = await tcp_pair()
 
     async def feed() -> None:
         for _ in range(total // per_write):
