@@ -4,7 +4,9 @@ The parts of docs/server.md, in one program:
 
 - ``trio.serve_tcp`` accepts; ``mux.serve_stream`` is its handler: it runs
   the greeting (a handshake with a time limit), attaches the connection with
-  what the greeting read ahead, and stays until the mux is done with it;
+  what the greeting read ahead (a Trio stream cannot un-read it; every
+  client here writes its greeting and its first requests in one go), and
+  stays until the mux is done with it; a wrong greeting is refused alone;
 - worker tasks share one KCM socket: ``receive_from`` gives each request
   with the connection it came on, ``send_to`` answers on that connection;
 - a monitor reads ``mux.errors()``: a client that hangs up between messages
@@ -62,15 +64,22 @@ async def monitor(mux: trio_kcm.Mux, seen: dict[str, int], clients: int, gone: t
             gone.set()
 
 
-async def client(port: int, name: bytes, requests: int) -> list[bytes]:
-    """A plain TCP client: greeting and requests in one write, then the replies."""
+async def client(port: int, name: bytes, requests: int, greeting: bytes = GREETING) -> list[bytes]:
+    """A plain TCP client: greeting and requests in one write, then the replies.
+
+    One write is the hard case for the server: its handshake reads the first
+    requests together with the greeting.  A refused client gets no replies.
+    """
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         frames = b"".join(PARSER.frame(b"%s #%d" % (name, n)) for n in range(requests))
-        await stream.send_all(GREETING + frames)
+        await stream.send_all(greeting + frames)
         buffer = b""
         replies: list[bytes] = []
         while len(replies) < requests:
-            buffer += await stream.receive_some(65536)
+            data = await stream.receive_some(65536)
+            if not data:
+                break  # refused: the server closed the connection
+            buffer += data
             while len(buffer) >= 4 and len(buffer) >= 4 + struct.unpack_from(">I", buffer)[0]:
                 end = 4 + struct.unpack_from(">I", buffer)[0]
                 replies.append(buffer[4:end])
@@ -100,9 +109,14 @@ async def main(clients: int = 8, requests: int = 20) -> None:
             async def one(i: int) -> None:
                 replies[i] = await client(port, b"client %d" % i, requests)
 
+            async def stranger() -> None:
+                # A wrong greeting: its connection alone is closed, unanswered.
+                assert await client(port, b"stranger", requests, greeting=b"HELLO ftp\n") == []
+
             async with trio.open_nursery() as nursery:
                 for i in range(clients):
                     nursery.start_soon(one, i)
+                nursery.start_soon(stranger)
             for i in range(clients):
                 assert replies[i] == [b"done: client %d #%d" % (i, n) for n in range(requests)]
             # Closing: every reply accepted so far is written, then we stop.
@@ -111,8 +125,9 @@ async def main(clients: int = 8, requests: int = 20) -> None:
             with trio.fail_after(5):
                 await gone.wait()  # each client has hung up
             server.cancel_scope.cancel()
-        read = mux.statistics().rx_msgs
+        read, attached = mux.statistics().rx_msgs, mux.statistics().psock_attach
     print(f"{clients} clients, {read} requests read, {answered[0]} answered")
+    print(f"connections attached: {attached} (the stranger was refused)")
     closed, failed = seen["closed by the client"], seen["failed"]
     print(f"connections closed by their client: {closed}, failed: {failed}")
 
