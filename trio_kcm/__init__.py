@@ -21,6 +21,7 @@ from ._format import format_kcm_stats, format_stats
 from ._mux import Mux, open_mux
 from ._parsers import Delimited, LengthPrefixed, Parser, ParserLike
 from ._policy import ENTRY_POINT_GROUP, Policy, available_policies, load_policy
+from ._request import KeyFunction, Requester, RequesterStatistics
 from ._serve import Handshake
 from ._socket import KCMSocket, SocketType
 from ._stats import MuxStatistics, SocketStatistics, StreamState, StreamStatistics, StreamTotals
@@ -37,6 +38,7 @@ __all__ = [
     "Delimited",
     "Handshake",
     "KCMSocket",
+    "KeyFunction",
     "LengthPrefixed",
     "Mux",
     "MuxEvent",
@@ -46,6 +48,8 @@ __all__ = [
     "Policy",
     "PolicyLoadError",
     "ReconnectScheduled",
+    "Requester",
+    "RequesterStatistics",
     "SocketStatistics",
     "SocketType",
     "StreamAttached",

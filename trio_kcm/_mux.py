@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import final
 
 import trio
@@ -35,6 +35,7 @@ from ._outgoing import OutgoingCheck
 from ._parsers import Parser, ParserLike, as_parser
 from ._policy import Policy, bind_policy, resolve_policies
 from ._receive import Receiver
+from ._request import KeyFunction, Requester, open_requester
 from ._serve import Handshake, serve_stream
 from ._socket import KCMSocket, SocketType, close_socket
 from ._stats import MuxStatistics, StreamState, StreamTotals
@@ -404,6 +405,50 @@ class Mux:
             parser=parser,
             max_message_size=max_message_size,
             assembly_timeout=assembly_timeout,
+        )
+
+    def open_requester(
+        self,
+        *,
+        key: KeyFunction | None = None,
+        request_key: KeyFunction | None = None,
+        receive_buffer_size: int | None = None,
+        send_buffer_size: int | None = None,
+    ) -> AbstractAsyncContextManager[Requester]:
+        """Open a :class:`Requester`: calls over this mux's streams, replies matched.
+
+        Use it as an async context manager; it opens a KCM socket of its own
+        (with these buffer sizes, see :meth:`socket`) and a task that reads
+        the replies, and closes both on exit, where calls still waiting
+        raise :exc:`trio.ClosedResourceError`::
+
+            def seqid(message: bytes) -> int:
+                return int.from_bytes(message[4:8], "big")
+
+            async with mux.open_requester(key=seqid) as requester:
+                reply = await requester.request(frame)
+
+        Args:
+          key: ``key(message)`` reads the key that pairs a reply with its
+            request: a Thrift seqid, a DNS id, an nng request id.  None:
+            replies are matched by order on each stream.
+          request_key: Reads the key of a request, where requests keep it
+            elsewhere than replies (a Kafka correlation id); ``key`` by
+            default.
+          receive_buffer_size, send_buffer_size: As for :meth:`socket`.
+
+        Raises:
+          trio.ClosedResourceError: The mux is closed.
+          ValueError: A size is below 1; or ``request_key`` without ``key``.
+
+        """
+        if request_key is not None and key is None:
+            raise ValueError("request_key needs key (without key, replies match by order)")
+        sock = self.socket(
+            receive_buffer_size=receive_buffer_size, send_buffer_size=send_buffer_size
+        )
+        return open_requester(
+            sock, self._transmit, self._lifecycle, key=key, request_key=request_key
         )
 
     def errors(self) -> AsyncIterator[StreamError]:

@@ -72,6 +72,7 @@ class Transmitter(StreamsLeaving):
     __slots__ = (
         "bugs",
         "bytes",
+        "candidate_lot",
         "candidates",
         "clock",
         "eager",
@@ -103,6 +104,8 @@ class Transmitter(StreamsLeaving):
         #: The transmit candidates, exactly: attached, healthy, not stalled,
         #: not unattaching, the mux not closing.
         self.candidates: dict[AttachedStream, StreamTx] = {}
+        #: Tasks waiting for a candidate (a requester's calls, none attached).
+        self.candidate_lot = trio.lowlevel.ParkingLot()
         self.streams: dict[StreamTx, None] = {}
         self.sockets: dict[SocketTx, None] = {}
         #: Sockets with groups waiting for a stream.
@@ -506,8 +509,18 @@ class Transmitter(StreamsLeaving):
         self.candidates[handle] = stx
         self.policy.stream_added(handle)
         self._dispatch_waiting()
+        if self.candidate_lot:
+            self.candidate_lot.unpark_all()
         if self.progress is not None:
             self.progress.set()
+
+    async def wait_for_candidate(self) -> None:
+        """Wait until a stream becomes a candidate, or :meth:`wake_candidate_waiters`."""
+        await self.candidate_lot.park()
+
+    def wake_candidate_waiters(self) -> None:
+        """Wake the tasks in :meth:`wait_for_candidate` (they look again)."""
+        self.candidate_lot.unpark_all()
 
     def remove_candidate(self, stx: StreamTx) -> None:
         """The policy loses the stream; its bursts end."""
