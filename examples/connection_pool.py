@@ -1,12 +1,13 @@
-"""A pool of M connections to one backend, used by N tasks (M x N).
+"""A pool of M connections to one backend, used by N tasks (M x N), request/response.
 
 The backend answers each framed request with a framed reply carrying the same
 request id.  We open M connections to it and attach them all to one mux; N
-producer tasks send requests through their own KCM sockets (the transmit
-policy spreads them over the connections, each message whole on one), and
-the replies come back on whichever connection carried the request, to
-whichever socket the receive policy picks.  Replies are matched to requests
-by id, as in any pipelined protocol over a pool.  Run:
+caller tasks share one requester (``mux.open_requester``), which sends each
+call's request whole on the connection with the fewest calls outstanding and
+hands each reply to the call whose request carried its id -- the replies of
+one connection may come back in any order.  If a connection failed, the
+calls whose requests it had written would raise ``trio.BrokenResourceError``
+and those it had not started would go out on another connection.  Run:
 ``python examples/connection_pool.py [connections] [tasks] [requests-per-task]``.
 """
 
@@ -38,48 +39,37 @@ async def backend(stream: trio.SocketStream) -> None:
             await stream.send_all(b"".join(replies))
 
 
+def request_id(message: bytes) -> bytes:
+    """The key pairing a reply with its request: the payload up to ``:``."""
+    return message[4:].split(b":", 1)[0]
+
+
 async def main(connections: int = 4, tasks: int = 8, per_task: int = 250) -> None:
     total = tasks * per_task
-    pending: set[bytes] = set()
-    answered = trio.Event()
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, backend, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
-        async with trio_kcm.open_mux(parser=PARSER, policy="least-queued") as mux:
+        async with trio_kcm.open_mux(parser=PARSER) as mux:
             handles = [
                 mux.attach(await trio.open_tcp_stream("127.0.0.1", port))
                 for _ in range(connections)
             ]
-            socks = [mux.socket() for _ in range(tasks)]
+            async with mux.open_requester(key=request_id) as requester:
 
-            async def producer(k: int) -> None:
-                for n in range(per_task):
-                    request_id = b"%d-%d" % (k, n)
-                    pending.add(request_id)
-                    await socks[k].send(PARSER.frame(request_id))
+                async def caller(k: int) -> None:
+                    for n in range(per_task):
+                        rid = b"%d-%d" % (k, n)
+                        with trio.fail_after(10):  # a per-call timeout, Trio's way
+                            reply = await requester.request(PARSER.frame(rid))
+                        assert reply[4:] == rid + b":ok", "a reply went to the wrong call"
 
-            async def consumer(sock: trio_kcm.KCMSocket) -> None:
-                async for reply in sock:
-                    request_id, ok = reply[4:].split(b":")
-                    assert ok == b"ok", "a reply was not whole"
-                    pending.remove(request_id)  # each answered exactly once
-                    if not pending and done_sending.is_set():
-                        answered.set()
-
-            done_sending = trio.Event()
-            async with trio.open_nursery() as workers:
-                for sock in socks:
-                    workers.start_soon(consumer, sock)
-                async with trio.open_nursery() as producers:
+                async with trio.open_nursery() as callers:
                     for k in range(tasks):
-                        producers.start_soon(producer, k)
-                done_sending.set()
-                if not pending:
-                    answered.set()
-                await answered.wait()
-                workers.cancel_scope.cancel()
+                        callers.start_soon(caller, k)
+                stats = requester.statistics()
             per_connection = [h.statistics().tx_msgs for h in handles]
         nursery.cancel_scope.cancel()
+    assert stats.replies == total and stats.replies_dropped == 0
     print(f"{total} requests answered over {connections} connections by {tasks} tasks")
     print(f"requests per connection: {per_connection}")
 

@@ -1,61 +1,54 @@
-"""A Thrift service whose workers read requests from trio-kcm sockets.
+"""A Thrift service over trio-kcm, and real thriftpy2 clients calling it over a pool.
 
-Real Thrift clients (``thriftpy2``, framed transport, binary protocol) call a
-``Calculator`` service defined in ``calculator.thrift`` beside this file.  On
-the server, a ``trio.serve_tcp`` listener hands each accepted connection to a
-mux that splits it into Thrift frames with the kernel document's own Thrift
-parser -- its BPF program is ``return load_word(skb, 0) + 4;``, a 4-byte
-big-endian length plus the 4 bytes of that length, which is
-``LengthPrefixed(">I", adjust=4)``.  W worker tasks, each with a KCM socket,
-take whole requests, decode them with thriftpy2's ``TBinaryProtocol`` over a
-``TMemoryBuffer`` of the frame's payload, compute, and send the encoded reply.
+Both ends speak Thrift framed with the binary protocol: a ``Calculator``
+service defined in ``calculator.thrift`` beside this file, loaded at run
+time with thriftpy2 (no generated code).  The frames are the kernel
+document's own Thrift parser -- its BPF program is ``return load_word(skb,
+0) + 4;``, a 4-byte big-endian length plus the 4 bytes of that length, which
+is ``LengthPrefixed(">I", adjust=4)``.
 
-Why one mux per client connection.  A Thrift client reads the reply to a call
-on the connection it sent the call on.  The kernel's KCM cannot tell which
-connection a message came from: it only has "connected mode", where every
-attached connection leads to the same destination and any of them may carry
-any message (the kernel's ``Documentation/networking/kcm.rst``, sections
-"Connected mode semantics" and "TCP connection monitoring").  With all
-clients' connections on one mux and plain ``send``, a reply would go out on
-whichever connection the transmit policy picks -- to the wrong client.
-trio-kcm can do better: ``receive_from()`` returns a request with the handle
-of the stream it came on, and ``send_to(reply, handle)`` answers on that
-stream, so one mux can serve every client (``pinned_replies.py`` beside this
-file does so).  This example keeps one mux per connection all the same,
-because that is the shape ``trio.serve_tcp`` gives a server, one handler per
-connection: each connection gets its own mux with a pool of W worker sockets
-on it, the mux opens and closes with its handler, and the workers use plain
-``send`` and ``async for``, as they would over the kernel's KCM.  Every reply
-goes back on the only stream attached: the right one.  Per connection the KCM
-guarantees still do the work: each worker gets whole requests, and the
-replies of W workers writing at the same time never interleave on the wire.
+The server.  A ``trio.serve_tcp`` listener hands each accepted connection to
+a mux of its own with W worker tasks, each with a KCM socket: each takes
+whole requests, decodes them with thriftpy2's ``TBinaryProtocol`` over a
+``TMemoryBuffer`` of the frame's payload, computes, and sends the encoded
+reply on the connection's only stream.  W workers answer one connection's
+pipelined calls in whatever order they finish: the replies of a connection
+may overtake each other.  (``pinned_replies.py`` beside this file shows one
+mux for every client instead, with ``receive_from`` and ``send_to``.)
 
-The blocking thriftpy2 client keeps one call outstanding, so the W workers of
-a connection take turns and the parallelism is across connections; a
-pipelining client (Thrift matches replies to calls by ``seqid``, so replies
-may come back in any order) would keep them all busy.  One mux for every
-connection, with ``receive_from`` and ``send_to``, would instead share one
-worker pool among all of them.
+The clients.  C thriftpy2 clients (``thriftpy2.thrift.TClient``, unchanged),
+each blocking in a thread of its own (``trio.to_thread``), share a pool of M
+connections: one mux, and a requester on it (``mux.open_requester``).  Their
+transport, ``RequesterTransport`` below, hands each call's frame to
+``requester.request`` in the Trio thread and gives the client its reply.  A
+Thrift reply carries its call's ``seqid``, which is the requester's key; but
+thriftpy2's client numbers every call 0 (it keeps one call outstanding on a
+connection of its own), so the transport gives each frame a seqid unique in
+the pool on the way out.  Calls from all clients are pipelined over the M
+connections, the requester picking for each the connection with the fewest
+calls outstanding, and the replies, in whatever order they come, reach
+their callers by seqid.  Every answer is checked.
 
-The clients are blocking, so each runs in a thread (``trio.to_thread``), all
-at once, and checks every answer.  Run: ``python examples/thrift_service.py
-[clients] [calls] [workers]``.
+Run: ``python examples/thrift_service.py [clients] [calls] [workers] [connections]``.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import logging
 import pathlib
+import struct
 import sys
 from functools import partial
 from typing import Any
 
 import thriftpy2
 import trio
-from thriftpy2.protocol import TBinaryProtocol, TBinaryProtocolFactory
-from thriftpy2.rpc import make_client
-from thriftpy2.thrift import TApplicationException, TProcessor
-from thriftpy2.transport import TFramedTransportFactory, TMemoryBuffer
+from thriftpy2.protocol import TBinaryProtocol
+from thriftpy2.protocol.binary import TBinaryProtocol as TPyBinaryProtocol
+from thriftpy2.thrift import TApplicationException, TClient, TProcessor
+from thriftpy2.transport import TMemoryBuffer, TTransportBase
 
 import trio_kcm
 
@@ -145,49 +138,96 @@ async def serve_connection(stream: trio.SocketStream, *, workers: int, served: l
             nursery.cancel_scope.cancel()
 
 
-def run_client(port: int, client_id: int, calls: int) -> list[str]:
+# -- the clients -------------------------------------------------------------
+
+
+def seqid(frame: bytes) -> int:
+    """A framed Thrift message's seqid: the requester's key (calls and replies alike).
+
+    After the frame's length: the strict binary protocol's version and type
+    (4 bytes), the method name (a 4-byte length, then the name), the seqid.
+    """
+    (name_length,) = struct.unpack_from(">i", frame, 8)
+    return int(struct.unpack_from(">i", frame, 12 + name_length)[0])
+
+
+# seqids unique in the pool: a Thrift i32, wrapping long before it could
+# meet a call still waiting with the same number.
+SEQIDS = itertools.cycle(range(1, 2**31))
+
+
+def with_seqid(frame: bytes, number: int) -> bytes:
+    (name_length,) = struct.unpack_from(">i", frame, 8)
+    at = 12 + name_length
+    return frame[:at] + struct.pack(">i", number) + frame[at + 4 :]
+
+
+class RequesterTransport(TTransportBase):
+    """A thriftpy2 transport for a client in a worker thread: calls go through a requester."""
+
+    def __init__(self, requester: trio_kcm.Requester) -> None:
+        self._requester = requester
+        self._out = bytearray()
+        self._in = io.BytesIO()
+
+    def is_open(self) -> bool:
+        return True
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def write(self, buf: bytes) -> None:
+        self._out += buf
+
+    def flush(self) -> None:
+        """One call: frame it, number it, and wait (in Trio) for its reply."""
+        frame = with_seqid(PARSER.frame(bytes(self._out)), next(SEQIDS))
+        self._out.clear()
+        reply = trio.from_thread.run(self._requester.request, frame)
+        self._in = io.BytesIO(reply[4:])  # the payload, after the length
+
+    def _read(self, sz: int) -> bytes:
+        return self._in.read(sz)
+
+
+def run_client(requester: trio_kcm.Requester, client_id: int, calls: int) -> list[str]:
     """A blocking thriftpy2 client (run in a thread); returns what went wrong."""
-    client = make_client(
-        calculator.Calculator,
-        "127.0.0.1",
-        port,
-        proto_factory=TBinaryProtocolFactory(),
-        trans_factory=TFramedTransportFactory(),
-        timeout=60_000,  # ms
-    )
+    # The pure-Python protocol: the compiled one takes only compiled transports.
+    protocol = TPyBinaryProtocol(RequesterTransport(requester))
+    client: Any = TClient(calculator.Calculator, protocol)
     wrong: list[str] = []
     got: object
     want: object
-    try:
-        for i in range(calls):
-            a, b = client_id * 1000 + i, i % 7
-            kind = i % 5
-            if kind == 0:
-                got, want = client.add(a, b), a + b
-            elif kind == 1:
-                got, want = client.calculate(calculator.Work(a, b, Operation.MULTIPLY)), a * b
-            elif kind == 2:
-                text = f"client {client_id} call {i}"
-                got, want = client.reverse(text), text[::-1]
-            elif kind == 3:
-                got, want = client.ping(), None
-            else:
-                try:
-                    got = client.calculate(calculator.Work(a, 0, Operation.DIVIDE))
-                except calculator.InvalidOperation as exc:
-                    got = exc.why
-                want = "division by zero"
-            if got != want:
-                wrong.append(f"client {client_id} call {i}: got {got!r}, want {want!r}")
-    finally:
-        client.close()
+    for i in range(calls):
+        a, b = client_id * 1000 + i, i % 7
+        kind = i % 5
+        if kind == 0:
+            got, want = client.add(a, b), a + b
+        elif kind == 1:
+            got, want = client.calculate(calculator.Work(a, b, Operation.MULTIPLY)), a * b
+        elif kind == 2:
+            text = f"client {client_id} call {i}"
+            got, want = client.reverse(text), text[::-1]
+        elif kind == 3:
+            got, want = client.ping(), None
+        else:
+            try:
+                got = client.calculate(calculator.Work(a, 0, Operation.DIVIDE))
+            except calculator.InvalidOperation as exc:
+                got = exc.why
+            want = "division by zero"
+        if got != want:
+            wrong.append(f"client {client_id} call {i}: got {got!r}, want {want!r}")
     return wrong
 
 
-async def main(clients: int = 8, calls: int = 25, workers: int = 4) -> bool:
-    # A client hanging up is how a connection normally ends here; the mux
-    # logs every stream failure as a warning.
-    logging.getLogger("trio_kcm").setLevel(logging.ERROR)
+async def main(clients: int = 8, calls: int = 25, workers: int = 4, connections: int = 2) -> bool:
+    # A client hanging up is how a connection normally ends here: the
+    # server's muxes log it at INFO.
+    logging.getLogger("trio_kcm").setLevel(logging.WARNING)
     served = [0] * workers
     results: list[list[str]] = [[] for _ in range(clients)]
     async with trio.open_nursery() as nursery:
@@ -195,24 +235,36 @@ async def main(clients: int = 8, calls: int = 25, workers: int = 4) -> bool:
         listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
 
-        async def client(c: int) -> None:
-            results[c] = await trio.to_thread.run_sync(run_client, port, c, calls)
+        async with trio_kcm.open_mux(parser=PARSER) as mux:
+            handles = [
+                mux.attach(await trio.open_tcp_stream("127.0.0.1", port))
+                for _ in range(connections)
+            ]
+            async with mux.open_requester(key=seqid) as requester:
 
-        async with trio.open_nursery() as clients_nursery:
-            for c in range(clients):
-                clients_nursery.start_soon(client, c)
+                async def client(c: int) -> None:
+                    results[c] = await trio.to_thread.run_sync(run_client, requester, c, calls)
+
+                async with trio.open_nursery() as clients_nursery:
+                    for c in range(clients):
+                        clients_nursery.start_soon(client, c)
+                stats = requester.statistics()
+            per_connection = [h.statistics().tx_msgs for h in handles]
         nursery.cancel_scope.cancel()
 
     wrong = [line for result in results for line in result]
     total = clients * calls
-    print(f"{clients} clients x {calls} calls; a mux and {workers} workers per connection")
+    print(f"{clients} thriftpy2 clients x {calls} calls over {connections} connections")
     print(f"calls: {total}, right answers: {total - len(wrong)}")
+    print(f"calls per connection: {per_connection}")
+    print(f"replies matched by seqid: {stats.replies}, dropped: {stats.replies_dropped}")
+    print(f"server: a mux and {workers} workers per connection")
     print("requests served per worker socket:", served)
     for line in wrong:
         print("WRONG:", line)
-    return not wrong
+    return not wrong and stats.replies == total
 
 
 if __name__ == "__main__":
-    ok = trio.run(main, *map(int, sys.argv[1:4]))
+    ok = trio.run(main, *map(int, sys.argv[1:5]))
     sys.exit(0 if ok else 1)

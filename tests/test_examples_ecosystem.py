@@ -42,11 +42,16 @@ def test_example_explains_itself(name: str) -> None:
 
 def test_thrift_service() -> None:
     pytest.importorskip("thriftpy2")
-    out = run_example("thrift_service.py", "6", "20", "3")
-    # Every call of every client got its own answer: the replies went back on
-    # the right connections.
+    out = run_example("thrift_service.py", "6", "20", "3", "2")
+    # Every call of every thriftpy2 client got its own answer, through one
+    # requester over a pool of 2 connections: replies matched by seqid.
+    assert "6 thriftpy2 clients x 20 calls over 2 connections" in out
     assert "calls: 120, right answers: 120" in out
+    assert "replies matched by seqid: 120, dropped: 0" in out
     assert "WRONG" not in out
+    pool = re.search(r"calls per connection: \[(\d+), (\d+)\]", out)
+    assert pool is not None, out
+    assert int(pool[1]) + int(pool[2]) == 120 and min(int(pool[1]), int(pool[2])) > 0
     served = re.search(r"requests served per worker socket: \[(.*)\]", out)
     assert served is not None, out
     counts = [int(n) for n in served.group(1).split(",")]
