@@ -124,6 +124,45 @@ class Gate:
         return frames
 
 
+class HeldStream(trio.abc.Stream):
+    """Writes wait until let go: :meth:`release` completes them, :meth:`break_it` fails them.
+
+    Nothing is ever read from it.  ``started`` has every write begun, whole;
+    ``writes`` those that completed.
+    """
+
+    def __init__(self) -> None:
+        self.let_go = trio.Event()
+        self.broken = False
+        self.started: list[bytes] = []
+        self.writes: list[bytes] = []
+
+    def release(self) -> None:
+        self.let_go.set()
+
+    def break_it(self) -> None:
+        self.broken = True
+        self.let_go.set()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)
+        self.started.append(data)
+        await self.let_go.wait()
+        if self.broken:
+            raise trio.BrokenResourceError("the connection broke")
+        self.writes.append(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
 @pytest.fixture
 def frozen_turns(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stop the clock the mux's sockets read to decide when a call must yield.

@@ -11,7 +11,7 @@ import trio.testing
 
 import trio_kcm
 
-from .conftest import PeerReader, deadline, frame
+from .conftest import HeldStream, PeerReader, deadline, frame
 
 P = trio_kcm.LengthPrefixed(">I", adjust=4)
 
@@ -137,43 +137,17 @@ async def test_order_matching_with_a_peer_that_reorders_goes_wrong_so_use_a_key(
         nursery.cancel_scope.cancel()
 
 
-class BreakingStream(trio.abc.Stream):
-    """Writes wait until :meth:`break_it`, and then fail; nothing is ever read."""
-
-    def __init__(self) -> None:
-        self.broken = trio.Event()
-        self.writes: list[bytes] = []
-
-    def break_it(self) -> None:
-        self.broken.set()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-        await self.broken.wait()
-        raise trio.BrokenResourceError("the connection broke")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
-
-
 @deadline(10)
 async def test_a_failed_stream_fails_the_calls_in_doubt_and_retries_the_unsent() -> None:
     async with trio_kcm.open_mux(parser=P) as mux, trio.open_nursery() as nursery:
-        breaking = BreakingStream()
+        breaking = HeldStream()
         broken = mux.attach(breaking)
         async with mux.open_requester(key=request_id) as requester:
             results = Outcomes(3)
             for i in range(3):  # all three go to the only stream
                 nursery.start_soon(results.call, requester, i, frame(b"%d:q" % i))
                 await trio.testing.wait_all_tasks_blocked()
-            assert breaking.writes == [frame(b"0:q")]  # 1 and 2 queued behind it
+            assert breaking.started == [frame(b"0:q")]  # 1 and 2 queued behind it
             healthy = attach_server(mux, nursery)
             breaking.break_it()  # the write in flight fails: the stream fails
             await results.complete.wait()
@@ -403,3 +377,32 @@ async def test_request_key_without_key_is_refused() -> None:
     async with trio_kcm.open_mux(parser=P) as mux:
         with pytest.raises(ValueError, match="request_key"):
             mux.open_requester(request_key=request_id)
+
+
+async def test_a_call_cancelled_while_its_request_is_queued_takes_it_back(
+    autojump_clock: object,
+) -> None:
+    # Order matching: a request taken back leaves no place in the line, so
+    # the next reply goes to the right call.
+    async with trio_kcm.open_mux(parser=P) as mux, trio.open_nursery() as nursery:
+        ours, theirs = trio.testing.lockstep_stream_pair()  # a write waits for the reader
+        mux.attach(ours)
+        async with mux.open_requester() as requester:
+            first = Outcomes(1)
+            nursery.start_soon(first.call, requester, 0, frame(b"first"))
+            await trio.testing.wait_all_tasks_blocked()  # its write is in flight
+            with trio.move_on_after(1):
+                await requester.request(frame(b"second"))  # queued behind it
+            assert requester.statistics().withdrawn == 1
+            reader = PeerReader(theirs)
+            assert await reader.read_frames(1) == [frame(b"first")]
+            third = Outcomes(1)
+            nursery.start_soon(third.call, requester, 0, frame(b"third"))
+            assert await reader.read_frames(1) == [frame(b"third")]  # "second" never came
+            await theirs.send_all(frame(b"reply 1") + frame(b"reply 3"))
+            await first.complete.wait()
+            await third.complete.wait()
+            stats = requester.statistics()
+        assert first == {0: frame(b"reply 1")} and third == {0: frame(b"reply 3")}
+        assert (stats.withdrawn, stats.replies, stats.replies_dropped) == (1, 2, 0)
+        nursery.cancel_scope.cancel()

@@ -145,19 +145,45 @@ class Mux:
         return tuple(self._lifecycle.streams)
 
     def socket(
-        self, *, receive_buffer_size: int | None = None, send_buffer_size: int | None = None
+        self,
+        *,
+        receive_buffer_size: int | None = None,
+        send_buffer_size: int | None = None,
+        time_to_live: float | None = None,
+        expire_at_deadline: bool = False,
     ) -> KCMSocket:
         """Open a new KCM socket on this mux.
+
+        A message the socket accepted may wait before it is written: for a
+        stream to be attached, or behind others in a stream's queue.  With
+        ``time_to_live`` or ``expire_at_deadline`` it waits only so long: once
+        *stale*, it is withdrawn unwritten -- from its socket's queue or its
+        stream's, never in the middle of its write, so it is written whole or
+        not at all -- and counted in :attr:`SocketStatistics.tx_expired` and
+        :attr:`MuxStatistics.tx_expired`, and in the statistics only: its
+        sender has moved on.  A message whose write has begun goes out.
+
+        ``expire_at_deadline=True`` makes each message stale at the deadline
+        of the task that sent it (:func:`trio.current_effective_deadline`,
+        read when it sent): a request sent inside ``with
+        trio.fail_after(2):`` is one nobody waits for two seconds later, so
+        it is not sent late.  It is off by default because a deadline means
+        "stop waiting" to most code, not "take back what I sent": a ``send``
+        that returned under a deadline delivers, as a kernel socket would.
 
         Args:
           receive_buffer_size: Bytes of received messages it may queue; the
             mux's ``receive_buffer_size`` by default.
           send_buffer_size: Bytes of accepted, unwritten messages it may hold;
             the mux's ``send_buffer_size`` by default.
+          time_to_live: Seconds a message may wait, from when it is accepted
+            (a ``batch()``'s messages: from when the block ends); None: no
+            limit.
+          expire_at_deadline: A message is also stale at its sender's deadline.
 
         Raises:
           trio.ClosedResourceError: The mux is closed.
-          ValueError: A size is below 1.
+          ValueError: A size is below 1, or ``time_to_live`` is not above 0.
 
         """
         if self._lifecycle.closing:
@@ -166,6 +192,14 @@ class Mux:
         sbs = self._send_buffer_size if send_buffer_size is None else send_buffer_size
         if rbs < 1 or sbs < 1:
             raise ValueError("buffer sizes must be >= 1")
+        if time_to_live is not None and not time_to_live > 0:
+            raise ValueError("time_to_live must be > 0 (or None)")
+        expiry = self._transmit.expiry
+        if (time_to_live is not None or expire_at_deadline) and not expiry.started:
+            # The first socket whose messages go stale: the task that withdraws them.
+            assert self._lifecycle.nursery is not None
+            self._lifecycle.nursery.start_soon(expiry.run, self._transmit.withdraw_late)
+            expiry.started = True
         sock = KCMSocket(
             self,
             lowest_free(self._socket_indices),
@@ -176,6 +210,8 @@ class Mux:
             receive_buffer_size=rbs,
             send_buffer_size=sbs,
             forget=self._forget_socket,
+            time_to_live=time_to_live,
+            expire_at_deadline=expire_at_deadline,
         )
         self._sockets[sock] = None
         return sock
@@ -513,6 +549,7 @@ class Mux:
             tx_retries=transmit.retries,
             rx_ready_drops=self._rx_ready_drops,
             tx_dropped=self._tx_dropped,
+            tx_expired=transmit.expired,
             psock_attach=lifecycle.attaches,
             psock_unattach=lifecycle.unattaches,
             streams=len(lifecycle.streams),
@@ -572,6 +609,7 @@ class Mux:
             )
         # Nothing is re-dispatched: no stream is left.
         self._lifecycle.stop()
+        self._transmit.expiry.stop()
 
     async def _close_4_release_the_rest(self) -> None:
         """All tasks are done: close the streams still attached, end the feeds."""

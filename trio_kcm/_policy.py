@@ -23,6 +23,7 @@ bookkeeping:
 * transmit: :meth:`~Policy.stream_added`, :meth:`~Policy.stream_removed`
   (unattached or failed), :meth:`~Policy.pick_stream` (a group queued),
   :meth:`~Policy.written` (a group written, with the time it took),
+  :meth:`~Policy.withdrawn` (a group withdrawn unwritten: it went stale),
   :meth:`~Policy.released` (a socket has nothing left queued or in flight on a
   stream).
 
@@ -157,6 +158,14 @@ class Policy:
         """A group of ``sock``'s, ``nbytes`` long, was written to ``stream``.
 
         ``seconds`` is the time from its pick to the end of its write.
+        """
+
+    def withdrawn(self, stream: AttachedStream, sock: KCMSocket, nbytes: int, /) -> None:
+        """A group of ``sock``'s, ``nbytes`` long, picked for ``stream``, was withdrawn unwritten.
+
+        It went stale in the stream's queue (the socket's ``time_to_live``,
+        or its sender's deadline): it will never be :meth:`written`.  A
+        policy that counts picks against writes counts this as well.
         """
 
     def released(self, stream: AttachedStream, sock: KCMSocket, /) -> None:

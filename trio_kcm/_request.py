@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, TypeAlias, final
 import outcome
 import trio
 
+from ._socket import withdraw_unwritten
 from ._stream import life_of
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class RequesterStatistics:
     #: Requests sent again on another stream: their stream failed or left
     #: before it started to write them.
     retries: int
+    #: Requests taken back unwritten because their call was cancelled (a
+    #: timeout) while they waited in their stream's queue.
+    withdrawn: int
 
 
 class _Retry:
@@ -129,9 +133,12 @@ class Requester:
     (counted in ``retries``).  A request is never sent twice.
 
     **Timeouts and cancellation** are Trio's: wrap a call in
-    :func:`trio.fail_after` or any cancel scope.  A cancelled call before its
-    request was accepted sent nothing; after, the request goes out and its
-    reply is dropped (counted in ``replies_dropped``).
+    :func:`trio.fail_after` or any cancel scope.  A call cancelled while its
+    request still waits to be written -- for room in the socket's send
+    buffer, or in its stream's queue -- takes the request back: it is never
+    sent (counted in ``withdrawn``).  Once the request's write has begun, it
+    goes out whole, and its reply is dropped when it comes (counted in
+    ``replies_dropped``).
 
     The requester must be the only socket of its mux that receives: a reply
     that the receive policy hands to another socket never reaches its call.
@@ -154,6 +161,7 @@ class Requester:
         "_transmit",
         "_turn",
         "_waiting",
+        "_withdrawn",
     )
 
     def __init__(
@@ -186,6 +194,7 @@ class Requester:
         self._dropped = 0
         self._failed = 0
         self._retries = 0
+        self._withdrawn = 0
 
     @property
     def socket(self) -> KCMSocket:
@@ -201,6 +210,7 @@ class Requester:
             replies_dropped=self._dropped,
             calls_failed=self._failed,
             retries=self._retries,
+            withdrawn=self._withdrawn,
         )
 
     async def request(self, message: bytes) -> bytes:
@@ -265,8 +275,8 @@ class Requester:
             try:
                 await call.done.wait()
             except BaseException:
-                if call.result is None:  # still waiting: its reply will be dropped
-                    self._abandon(line, call)
+                if call.result is None:
+                    self._give_up(handle, line, call)
                 raise
             result = call.result
             if isinstance(result, _Retry):
@@ -323,10 +333,20 @@ class Requester:
         elif call in line:
             line.remove(call)
 
-    def _abandon(self, line: dict[_Call, None] | deque[_Call], call: _Call) -> None:
-        """The caller gave up after the request was accepted."""
+    def _give_up(
+        self, handle: AttachedStream, line: dict[_Call, None] | deque[_Call], call: _Call
+    ) -> None:
+        """The caller gave up (cancelled) after the request was accepted.
+
+        A request still waiting in its stream's queue is withdrawn: never
+        written, so no reply will come.  One written (or being written) has
+        its reply dropped when it comes.
+        """
         self._forget(call)
-        if isinstance(line, dict):
+        if withdraw_unwritten(self._sock, handle, call.message):
+            self._withdrawn += 1
+            self._leave(line, call)
+        elif isinstance(line, dict):
             line.pop(call, None)
         else:
             call.abandoned = True  # keeps its place: its reply comes in order

@@ -14,6 +14,7 @@ from ._outgoing import OutgoingCheck
 from ._receive import Receiver, SocketRx
 from ._seqpacket import Building, Reading
 from ._stats import SocketStatistics
+from ._stream import life_of
 from ._transmit import Transmitter
 from ._txstate import Batch
 
@@ -114,6 +115,8 @@ class KCMSocket:
         receive_buffer_size: int,
         send_buffer_size: int,
         forget: Callable[[KCMSocket], None],
+        time_to_live: float | None = None,
+        expire_at_deadline: bool = False,
     ) -> None:
         self._mux = mux
         self._index = index
@@ -127,7 +130,7 @@ class KCMSocket:
         self._forget = forget  # the mux's registry forgets a closed socket
         # The two sides, owned by the schedulers: this socket only reads them
         # and hands them back to the scheduler's methods.
-        self._tx = transmit.open_socket(self, send_buffer_size)
+        self._tx = transmit.open_socket(self, send_buffer_size, time_to_live, expire_at_deadline)
         self._rx: SocketRx = receive.open_socket(self, receive_buffer_size)
         # SEQPACKET, per task, made on first use: messages being built, and
         # the unread rest of messages being read in pieces.
@@ -159,6 +162,19 @@ class KCMSocket:
         return self._tx.limit
 
     @property
+    def time_to_live(self) -> float | None:
+        """Seconds a message it accepted may wait unwritten; None: no limit.
+
+        See :meth:`Mux.socket`.
+        """
+        return self._tx.ttl
+
+    @property
+    def expire_at_deadline(self) -> bool:
+        """Whether a message it accepted is withdrawn, unwritten, at its sender's deadline."""
+        return self._tx.at_deadline
+
+    @property
     def rx_queued_bytes(self) -> int:
         """Bytes waiting in the receive queue (cheap; for policies)."""
         return self._rx.queued_bytes
@@ -169,7 +185,7 @@ class KCMSocket:
         return self._rx.enabled
 
     def clone(self) -> KCMSocket:
-        """Open another socket on the same mux, with the same buffer sizes.
+        """Open another socket on the same mux, with the same buffer sizes and expiry.
 
         The kernel's ``SIOCKCMCLONE``.  The new socket is independent: closing
         one does not close the other.
@@ -180,7 +196,12 @@ class KCMSocket:
         """
         if self._closed:
             raise trio.ClosedResourceError("the KCM socket is closed")
-        return self._mux.socket(receive_buffer_size=self._rx.limit, send_buffer_size=self._tx.limit)
+        return self._mux.socket(
+            receive_buffer_size=self._rx.limit,
+            send_buffer_size=self._tx.limit,
+            time_to_live=self._tx.ttl,
+            expire_at_deadline=self._tx.at_deadline,
+        )
 
     # -- sending --------------------------------------------------------------
 
@@ -724,6 +745,7 @@ class KCMSocket:
             receive_ready=self in self._receiver.candidates,
             tx_waiting=bool(tx.queue),
             tx_batched_msgs=sum(len(b.messages) for b in tx.batches.values()),
+            tx_expired=tx.expired,
         )
 
     def __repr__(self) -> str:
@@ -745,3 +767,12 @@ def close_socket(sock: KCMSocket, *, by_mux: bool) -> None:
     sock._forget(sock)
     sock._transmitter.close_socket(sock._tx)
     sock._receiver.close_socket(sock._rx, by_mux=by_mux)
+
+
+def withdraw_unwritten(sock: KCMSocket, handle: AttachedStream, message: bytes) -> bool:
+    """Take back ``message``, which ``sock`` sent alone to ``handle``, if it is unwritten.
+
+    For a requester whose call was cancelled: returns whether the message was
+    still waiting in the stream's queue, and is withdrawn (never written).
+    """
+    return sock._transmitter.withdraw(sock._tx, life_of(handle).tx, message)

@@ -115,6 +115,10 @@ class SocketStatistics:
     tx_waiting: bool
     #: Messages accepted inside open ``batch()`` blocks, held until they end.
     tx_batched_msgs: int
+    #: Messages withdrawn unwritten because they went stale: older than the
+    #: socket's ``time_to_live``, or past their sender's deadline
+    #: (``expire_at_deadline``).
+    tx_expired: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,9 @@ class MuxStatistics:
     rx_ready_drops: int
     #: Accepted messages that could not be written before the mux closed.
     tx_dropped: int
+    #: Accepted messages withdrawn unwritten because they went stale (see
+    #: :meth:`Mux.socket`'s ``time_to_live`` and ``expire_at_deadline``).
+    tx_expired: int
     #: Streams attached, ever.
     psock_attach: int
     #: Streams unattached, ever (explicitly, or by ``auto_close``).

@@ -38,13 +38,18 @@ import trio
 from trio.lowlevel import enable_ki_protection
 
 from ._bugs import BugReport
+from ._expiry import Expiry
 from ._policy import Policy
 from ._state import Phase
 from ._stream import life_of, raise_socket_error
 from ._turns import Turns
 from ._txleave import StreamsLeaving
 from ._txstate import (
+    NEVER,
     Batch,
+    Expiring,
+    ExpiringPinnedTxGroup,
+    ExpiringTxGroup,
     Flush,
     PinnedTxGroup,
     SendWaiter,
@@ -77,6 +82,7 @@ class Transmitter(StreamsLeaving):
         "clock",
         "eager",
         "eager_ok",
+        "expiry",
         "msgs",
         "owner",
         "policy",
@@ -120,17 +126,22 @@ class Transmitter(StreamsLeaving):
         #: The mux's record of its last yield: which sends skip their
         #: schedule point (see _turns.py); the sockets' receives share it.
         self.turns = Turns()
+        #: The times of groups that go stale unwritten (sockets with a TTL).
+        self.expiry = Expiry()
         #: Set at each step towards an empty mux, while closing waits for one.
         self.progress: trio.Event | None = None
         self.msgs = 0
         self.bytes = 0
         self.retries = 0
+        self.expired = 0
 
     # -- sockets -----------------------------------------------------------------
 
-    def open_socket(self, sock: KCMSocket, limit: int) -> SocketTx:
-        """A new socket's transmit side."""
-        tx = SocketTx(sock, limit)
+    def open_socket(
+        self, sock: KCMSocket, limit: int, ttl: float | None = None, at_deadline: bool = False
+    ) -> SocketTx:
+        """A new socket's transmit side (``ttl``, ``at_deadline``: see :meth:`expire`)."""
+        tx = SocketTx(sock, limit, ttl, at_deadline)
         self.sockets[tx] = None
         return tx
 
@@ -262,7 +273,8 @@ class Transmitter(StreamsLeaving):
         stx = None if target is None else life_of(target).tx
         # send_to is not held by batch().
         batch = tx.batches.get(task) if stx is None and tx.batches else None
-        tx.waiters[task] = SendWaiter(messages, nbytes, batch, stx)
+        deadline = trio.current_effective_deadline() if tx.at_deadline else NEVER
+        tx.waiters[task] = SendWaiter(messages, nbytes, batch, stx, deadline)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             # Not accepted yet: withdrawing is leaving the line.
@@ -316,7 +328,10 @@ class Transmitter(StreamsLeaving):
     def _flush(self, tx: SocketTx, batch: Batch) -> None:
         group = None
         if batch.messages:
-            group = TxGroup(tx, batch.messages, batch.nbytes)
+            if tx.expiring:
+                group = self.stale_able(tx, batch.messages, batch.nbytes, None, pinned=False)
+            else:
+                group = TxGroup(tx, batch.messages, batch.nbytes)
             batch.messages = []
             batch.nbytes = 0
         if tx.flushes:
@@ -367,14 +382,48 @@ class Transmitter(StreamsLeaving):
         self.outstanding += nbytes
 
     def _accept(
-        self, tx: SocketTx, messages: list[bytes], nbytes: int, batch: Batch | None
+        self,
+        tx: SocketTx,
+        messages: list[bytes],
+        nbytes: int,
+        batch: Batch | None,
+        deadline: float | None = None,
     ) -> None:
+        """Accept a group (into ``batch`` if there is one); ``deadline``: see :meth:`expire`."""
         self._count_accepted(tx, len(messages), nbytes)
         if batch is not None:
             batch.messages.extend(messages)
             batch.nbytes += nbytes
+        elif tx.expiring:
+            self._dispatch(tx, self.stale_able(tx, messages, nbytes, deadline, pinned=False))
         else:
             self._dispatch(tx, TxGroup(tx, messages, nbytes))
+
+    def stale_able(
+        self,
+        tx: SocketTx,
+        messages: list[bytes],
+        nbytes: int,
+        deadline: float | None,
+        *,
+        pinned: bool,
+    ) -> TxGroup:
+        """A new group of an expiring socket, with its time, as it is accepted.
+
+        The earlier of: ``ttl`` seconds from now, and (``at_deadline``) its
+        sender's deadline -- ``deadline``, noted when the sender began to
+        wait for room, or None: the current task is the sender.
+        """
+        if deadline is None:
+            deadline = trio.current_effective_deadline() if tx.at_deadline else NEVER
+        if tx.ttl is not None:
+            deadline = min(deadline, trio.current_time() + tx.ttl)
+        if deadline == NEVER:
+            return PinnedTxGroup(tx, messages, nbytes) if pinned else TxGroup(tx, messages, nbytes)
+        kind = ExpiringPinnedTxGroup if pinned else ExpiringTxGroup
+        group = kind(tx, messages, nbytes, deadline)
+        self.expiry.add(group)
+        return group
 
     def _wake_senders(self, tx: SocketTx) -> None:
         """Hand freed send-buffer space to waiting senders, first come first served."""
@@ -383,13 +432,13 @@ class Transmitter(StreamsLeaving):
             task, waiter = waiters.popitem(last=False)
             target = waiter.target
             if target is None:
-                self._accept(tx, waiter.messages, waiter.nbytes, waiter.batch)
+                self._accept(tx, waiter.messages, waiter.nbytes, waiter.batch, waiter.deadline)
             else:
                 error = self._target_error(target.life)
                 if error is not None:
                     trio.lowlevel.reschedule(task, outcome.Error(error))
                     continue
-                self._accept_to(tx, target, waiter.messages, waiter.nbytes)
+                self._accept_to(tx, target, waiter.messages, waiter.nbytes, waiter.deadline)
             trio.lowlevel.reschedule(task)
 
     # -- pinned to a stream (send_to) --------------------------------------------
@@ -422,7 +471,14 @@ class Transmitter(StreamsLeaving):
             return error
         return trio.ClosedResourceError(f"{life.handle!r} was unattached")
 
-    def _accept_to(self, tx: SocketTx, stx: StreamTx, messages: list[bytes], nbytes: int) -> None:
+    def _accept_to(
+        self,
+        tx: SocketTx,
+        stx: StreamTx,
+        messages: list[bytes],
+        nbytes: int,
+        deadline: float | None = None,
+    ) -> None:
         """Accept a group for ``stx``: queued there, whatever the policy thinks.
 
         The policy neither picks it nor hears of it (no ``written``, no
@@ -431,7 +487,11 @@ class Transmitter(StreamsLeaving):
         n = len(messages)
         self._count_accepted(tx, n, nbytes)
         # Not timed: the policy never hears of it (picked_at is for written()).
-        stx.pending.append(PinnedTxGroup(tx, messages, nbytes))
+        if tx.expiring:
+            group = self.stale_able(tx, messages, nbytes, deadline, pinned=True)
+        else:
+            group = PinnedTxGroup(tx, messages, nbytes)
+        stx.pending.append(group)
         stx.queued_bytes += nbytes
         stx.queued_msgs += n
         self._wake_writer(stx)
@@ -513,6 +573,18 @@ class Transmitter(StreamsLeaving):
             self.candidate_lot.unpark_all()
         if self.progress is not None:
             self.progress.set()
+
+    @enable_ki_protection
+    def withdraw(self, tx: SocketTx, stx: StreamTx, message: bytes) -> bool:
+        """Take back ``message``, sent alone by ``tx`` to ``stx``, if it is still unwritten.
+
+        Returns whether it was (it is withdrawn now: never written).
+        """
+        try:
+            return self._withdraw(tx, stx, message)
+        except BaseException as exc:
+            self.bugs.report(exc)
+            raise
 
     async def wait_for_candidate(self) -> None:
         """Wait until a stream becomes a candidate, or :meth:`wake_candidate_waiters`."""
@@ -660,6 +732,7 @@ class Transmitter(StreamsLeaving):
         owners = stx.owners
         handle = stx.life.handle
         candidate = handle in self.candidates
+        expiring = self.expiry.live  # any stale-able group not yet written
         stx.queued_bytes -= size
         stx.bytes += size
         self.bytes += size
@@ -668,6 +741,8 @@ class Transmitter(StreamsLeaving):
             tx = group.sock
             n = len(group.messages)
             nmsgs += n
+            if expiring and isinstance(group, Expiring):
+                self.expiry.gone(group)
             tx.queued_bytes -= group.nbytes
             tx.queued_msgs -= n
             # The policy hears nothing more of a removed stream, nor of send_to.

@@ -1,24 +1,30 @@
-"""The transmit scheduler's cold paths: a stream stalls, is unattached, fails; the mux closes.
+"""The transmit scheduler's cold paths: a stream stalls, is unattached, fails; the mux
+closes; groups are withdrawn unwritten.
 
 :class:`Transmitter` (``_transmit.py``) is one object; this part of its class
 holds what happens to a stream's queue when the stream leaves the transmit
 candidates -- its groups move to other streams, are given up, or are reported
--- and what closing asks of the transmit side.  None of it is on the
+-- what closing asks of the transmit side, and how groups that wait to be
+written leave before it: gone stale (:meth:`withdraw_late`) or taken back
+by a requester's cancelled call (``Transmitter.withdraw``).  None of it is on the
 per-message path.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import outcome
 import trio
 
 from ._state import Phase
-from ._txstate import Aborted, SocketTx, StreamTx, TxGroup, split_pinned
+from ._txstate import GONE, Aborted, Expiring, SocketTx, StreamTx, TxGroup, split_pinned
 
 if TYPE_CHECKING:
+    from ._expiry import Expiry
+    from ._policy import Policy
     from ._stream import AttachedStream, StreamLife
 
 __all__ = ["StreamsLeaving"]
@@ -30,12 +36,15 @@ class StreamsLeaving:
     """Part of :class:`~._transmit.Transmitter`: streams leaving, and closing."""
 
     # The fields this part writes (Transmitter sets them up).
-    __slots__ = ("outstanding", "progress", "retries")
+    __slots__ = ("expired", "outstanding", "progress", "retries")
     outstanding: int
     progress: trio.Event | None
     retries: int
+    expired: int
 
     # Provided by Transmitter.
+    policy: Policy
+    expiry: Expiry
     candidates: dict[AttachedStream, StreamTx]
     streams: dict[StreamTx, None]
     sockets: dict[SocketTx, None]
@@ -101,6 +110,8 @@ class StreamsLeaving:
     def _give_up(self, groups: list[TxGroup]) -> None:
         """Messages that will not be sent: free their buffer space."""
         for group in groups:
+            if isinstance(group, Expiring) and group.expires != GONE:
+                self.expiry.gone(group)
             tx = group.sock
             tx.queued_bytes -= group.nbytes
             tx.queued_msgs -= len(group.messages)
@@ -183,3 +194,85 @@ class StreamsLeaving:
             groups = list(stx.pending) + list(stx.inflight or ())
             dropped += sum(len(g.messages) for g in groups)
         return dropped
+
+    # -- withdrawn before they were written ---------------------------------------
+
+    def withdraw_late(self, due: Sequence[TxGroup]) -> None:
+        """Withdraw the groups of ``due`` that still wait: they went stale unwritten.
+
+        A group waits in its socket's queue (for a stream) or in a stream's
+        queue; one being written is not touched (it is never cut short) and
+        goes out.  Withdrawn groups free their buffer space and are counted
+        in their socket's ``expired``.
+        """
+        late = set(due)
+        withdrawn: list[TxGroup] = []
+        for tx in {g.sock for g in late}:
+            queue = tx.queue
+            if queue and any(g in late for g in queue):
+                withdrawn.extend(g for g in queue if g in late)
+                kept = [g for g in queue if g not in late]
+                queue.clear()
+                queue.extend(kept)
+                if not queue:
+                    self.waiting.pop(tx, None)
+        for stx in self.streams:
+            if stx.pending:
+                gone = [g for g in stx.pending if g in late]
+                if gone:
+                    self._remove_pending(stx, gone)
+                    withdrawn.extend(gone)
+        if not withdrawn:
+            return
+        for group in withdrawn:
+            n = len(group.messages)
+            group.sock.expired += n
+            self.expired += n
+        self._give_up(withdrawn)
+        if self.progress is not None:
+            self.progress.set()
+
+    def _withdraw(self, tx: SocketTx, stx: StreamTx, message: bytes) -> bool:
+        """Take back ``message`` (this object), sent alone by ``tx`` to ``stx``, if unwritten.
+
+        Returns whether it was still waiting in the stream's queue (and is
+        withdrawn now: never written).
+        """
+        for group in stx.pending:
+            if group.sock is tx and len(group.messages) == 1 and group.messages[0] is message:
+                self._remove_pending(stx, [group])
+                self._give_up([group])
+                if self.progress is not None:
+                    self.progress.set()
+                return True
+        return False
+
+    def _remove_pending(self, stx: StreamTx, groups: list[TxGroup]) -> None:
+        """Take ``groups`` out of the stream's queue, unwritten.
+
+        For a group the policy picked, its socket's burst on the stream ends
+        as if it had been written (``released``), and the policy hears
+        ``withdrawn``.
+        """
+        gone = set(groups)
+        pending = stx.pending  # in place: the writer holds it
+        kept = [g for g in pending if g not in gone]
+        pending.clear()
+        pending.extend(kept)
+        handle = stx.life.handle
+        candidate = handle in self.candidates
+        owners = stx.owners
+        for group in groups:
+            stx.queued_bytes -= group.nbytes
+            stx.queued_msgs -= len(group.messages)
+            if group.pinned or not candidate:
+                continue
+            tx = group.sock
+            self.policy.withdrawn(handle, tx.sock, group.nbytes)
+            count = owners[tx] - 1
+            if count:
+                owners[tx] = count
+            else:
+                del owners[tx]
+                stx.unreserved += 1
+                self.policy.released(handle, tx.sock)

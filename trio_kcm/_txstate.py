@@ -7,6 +7,7 @@ hold theirs and only read it.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -21,9 +22,14 @@ if TYPE_CHECKING:
     from ._stream import StreamLife
 
 __all__ = [
+    "GONE",
+    "NEVER",
     "WRITE_COALESCE",
     "Aborted",
     "Batch",
+    "Expiring",
+    "ExpiringPinnedTxGroup",
+    "ExpiringTxGroup",
     "Flush",
     "PinnedTxGroup",
     "SendWaiter",
@@ -36,6 +42,12 @@ __all__ = [
 
 #: The writer joins queued groups into one write up to about this many bytes.
 WRITE_COALESCE = 256 * 1024
+
+#: A deadline that never comes (no time-to-live, no deadline).
+NEVER = math.inf
+#: ``expires`` of a stale-able group once it was written, given up or
+#: withdrawn: nothing to withdraw any more.
+GONE = -math.inf
 
 
 class Batch:
@@ -71,6 +83,32 @@ class PinnedTxGroup(TxGroup):
     pinned = True
 
 
+class ExpiringTxGroup(TxGroup):
+    """A group that goes stale unwritten at ``expires`` (see ``_expiry.py``)."""
+
+    __slots__ = ("expires",)
+
+    def __init__(self, sock: SocketTx, messages: list[bytes], nbytes: int, expires: float) -> None:
+        super().__init__(sock, messages, nbytes)
+        #: When it goes stale (trio time), or GONE.
+        self.expires = expires
+
+
+class ExpiringPinnedTxGroup(PinnedTxGroup):
+    """A ``send_to`` group that goes stale unwritten at ``expires``."""
+
+    __slots__ = ("expires",)
+
+    def __init__(self, sock: SocketTx, messages: list[bytes], nbytes: int, expires: float) -> None:
+        super().__init__(sock, messages, nbytes)
+        #: When it goes stale (trio time), or GONE.
+        self.expires = expires
+
+
+#: The groups that go stale: an expiring socket's, with a finite time.
+Expiring = (ExpiringTxGroup, ExpiringPinnedTxGroup)
+
+
 class Flush:
     """A task waiting until the groups its socket had accepted are written or given up."""
 
@@ -102,15 +140,22 @@ class Flush:
 
 
 class SendWaiter:
-    __slots__ = ("batch", "messages", "nbytes", "target")
+    __slots__ = ("batch", "deadline", "messages", "nbytes", "target")
 
     def __init__(
-        self, messages: list[bytes], nbytes: int, batch: Batch | None, target: StreamTx | None
+        self,
+        messages: list[bytes],
+        nbytes: int,
+        batch: Batch | None,
+        target: StreamTx | None,
+        deadline: float,
     ) -> None:
         self.messages = messages
         self.nbytes = nbytes
         self.batch = batch
         self.target = target  # send_to: the stream it must go on
+        #: The sender's deadline, if its socket withdraws messages at it.
+        self.deadline = deadline
 
 
 @final
@@ -118,8 +163,11 @@ class SocketTx:
     """One socket's transmit side: its send buffer and its line of senders."""
 
     __slots__ = (
+        "at_deadline",
         "batches",
         "bytes",
+        "expired",
+        "expiring",
         "flushes",
         "limit",
         "msgs",
@@ -127,12 +175,22 @@ class SocketTx:
         "queued_bytes",
         "queued_msgs",
         "sock",
+        "ttl",
         "waiters",
     )
 
-    def __init__(self, sock: KCMSocket, limit: int) -> None:
+    def __init__(
+        self, sock: KCMSocket, limit: int, ttl: float | None = None, at_deadline: bool = False
+    ) -> None:
         self.sock = sock
         self.limit = limit
+        #: Seconds an accepted message may wait unwritten (None: forever).
+        self.ttl = ttl
+        #: Whether a message also goes stale at its sender's deadline.
+        self.at_deadline = at_deadline
+        self.expiring = ttl is not None or at_deadline
+        #: Messages withdrawn unwritten because they went stale.
+        self.expired = 0
         #: Groups that wait for a stream, in the order they were accepted.
         self.queue: deque[TxGroup] = deque()
         #: Accepted and not written (or given up): what fills the buffer.

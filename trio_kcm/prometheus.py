@@ -76,6 +76,7 @@ _MUX_FIELDS: tuple[_Field, ...] = (
     _Field("tx_retries", "counter", "Messages moved from a failed or unattached stream."),
     _Field("rx_ready_drops", "counter", "Received messages no socket could ever take."),
     _Field("tx_dropped", "counter", "Accepted messages not written before the mux closed."),
+    _Field("tx_expired", "counter", "Accepted messages withdrawn unwritten: gone stale."),
     _Field("psock_attach", "counter", "Streams attached, ever."),
     _Field("psock_unattach", "counter", "Streams unattached, ever."),
     _Field("streams", "gauge", "Streams attached now (failed ones not yet unattached included)."),
@@ -125,6 +126,7 @@ _SOCKET_FIELDS: tuple[_Field, ...] = (
     _Field("receive_ready", "gauge", "1 if the receive policy may give it messages now, else 0."),
     _Field("tx_waiting", "gauge", "1 if messages it accepted wait for a stream, else 0."),
     _Field("tx_batched_msgs", "gauge", "Messages held by open batch() blocks on this socket."),
+    _Field("tx_expired", "counter", "Messages of this socket withdrawn unwritten: gone stale."),
 )
 
 

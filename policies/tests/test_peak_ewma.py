@@ -369,6 +369,22 @@ def test_transmit_outstanding_groups_count() -> None:
     assert h.send(sender) is None
 
 
+def test_a_withdrawn_group_is_no_longer_outstanding_and_no_sample() -> None:
+    h, policy = harnessed(seed=9, initial=0.01)
+    (t0,) = h.attach_many(1)
+    sender = h.socket()
+    for _ in range(3):
+        h.send(sender)
+    member = policy._tx_members[0]
+    oldest = member.outstanding[0]
+    before = member.est.est
+    h.advance(5.0)
+    policy.withdrawn(t0, sender, 1)  # the mux withdrew a stale group
+    assert len(member.outstanding) == 2
+    assert member.outstanding[0] == oldest  # the one being written keeps its age
+    assert member.est.est == before  # no latency sample
+
+
 # ---------------------------------------------------------------------------
 # options
 

@@ -299,3 +299,11 @@ class PeakEwma(Policy):
         if member.outstanding:
             member.outstanding.popleft()  # a stream writes its groups in order
         self._observe(member, seconds, self._clock(), rx=False)
+
+    def withdrawn(self, stream: AttachedStream, sock: KCMSocket, nbytes: int, /) -> None:
+        # One group fewer outstanding, and no latency sample.  Which entry
+        # goes does not matter for the count; the newest keeps the age of
+        # the oldest, the one being written, as it is.
+        member = self._tx_member(stream)
+        if member is not None and member.outstanding:
+            member.outstanding.pop()

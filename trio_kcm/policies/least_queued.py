@@ -105,6 +105,9 @@ class LeastQueued(Policy):
     ) -> None:
         self._tx.update(stream, stream.tx_queued_bytes)
 
+    def withdrawn(self, stream: AttachedStream, sock: KCMSocket, nbytes: int, /) -> None:
+        self._tx.update(stream, stream.tx_queued_bytes)
+
     def pick_stream(
         self, sock: KCMSocket, messages: Sequence[bytes], nbytes: int, /
     ) -> AttachedStream | None:
