@@ -295,6 +295,8 @@ async def test_a_call_cancelled_before_its_request_was_accepted_sent_nothing(
             await requester.request(frame(b"1:q"))
         assert requester.socket.statistics().tx_msgs == 0
         assert requester.statistics().calls_waiting == 0
+        with trio.move_on_after(1):  # its key is free again
+            await requester.request(frame(b"1:again"))
 
 
 @deadline(10)

@@ -253,6 +253,7 @@ class Requester:
             return await self._run_call(call)
         finally:
             self._calls -= 1
+            self._forget(call)  # (answered: already gone)
 
     async def _run_call(self, call: _Call) -> bytes:
         while True:
@@ -270,7 +271,6 @@ class Requester:
                 continue
             except BaseException:
                 self._leave(line, call)
-                self._forget(call)
                 raise
             try:
                 await call.done.wait()
