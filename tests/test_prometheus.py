@@ -31,7 +31,7 @@ OBJECTS = {
 }
 # What can go down is a gauge; everything else only grows and is a counter.
 GAUGES = {
-    "mux": {"streams", "sockets"},
+    "mux": {"streams", "sockets", "rx_buffered", "rx_budget_waiting"},
     "stream": {
         "tx_queued_msgs",
         "tx_queued_bytes",
@@ -151,9 +151,9 @@ async def test_every_statistic_is_exported_with_its_value() -> None:
 
         families = scrape(registry)
         checked = check_matches(families, "main", mux)
-        # 15 mux fields, 3 streams x (18 fields + 3 state samples), 3 sockets x
+        # 19 mux fields, 3 streams x (18 fields + 3 state samples), 3 sockets x
         # 13 fields, 15 stream totals
-        assert checked == 15 + 3 * 21 + 3 * 13 + 15
+        assert checked == 19 + 3 * 21 + 3 * 13 + 15
         # The traffic shows: not all zeros.
         assert families["trio_kcm_mux_rx_msgs"].samples[0].value == 6
         assert (

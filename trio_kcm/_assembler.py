@@ -136,6 +136,11 @@ class Assembler:
         """Bytes received of a message that is not complete yet."""
         return len(self._head) + self._have
 
+    @property
+    def announced(self) -> int:
+        """The length of the message being assembled, once its header gave it; else 0."""
+        return self._need
+
     def take_partial(self) -> bytes:
         """Remove and return the bytes of the incomplete message."""
         if self._need:

@@ -49,6 +49,10 @@ class StreamError(OSError):
                other than :class:`BadMessage`
     EMSGSIZE   a message was announced larger than ``max_message_size``
     ETIMEDOUT  a message took longer than ``assembly_timeout`` to arrive
+               (time held back by ``receive_memory_limit`` included)
+    ENOBUFS    a message's announced length could not fit in
+               ``receive_memory_limit`` beside the partial messages the
+               mux already held
     ========== ==============================================================
 
     Attributes:

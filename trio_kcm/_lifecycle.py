@@ -50,7 +50,9 @@ __all__ = ["Lifecycle", "lowest_free"]
 logger = logging.getLogger("trio_kcm")
 
 #: Reader failures that the parser or its limits caused (the kernel's RX-Intr).
-_PARSER_ERRNOS = frozenset({_errno.EBADMSG, _errno.EPROTO, _errno.EMSGSIZE, _errno.ETIMEDOUT})
+_PARSER_ERRNOS = frozenset(
+    {_errno.EBADMSG, _errno.EPROTO, _errno.EMSGSIZE, _errno.ETIMEDOUT, _errno.ENOBUFS}
+)
 
 # Streams attached to any mux in this process, by id (a stream is in at most
 # one mux, as a TCP socket is in the kernel: EALREADY).  Weak, so that a mux

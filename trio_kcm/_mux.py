@@ -26,6 +26,7 @@ from typing import final
 
 import trio
 
+from ._budget import Budget
 from ._bugs import BugReport
 from ._errors import StreamError
 from ._events import MuxEvent
@@ -46,7 +47,10 @@ from ._transmit import Transmitter
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["ERROR_BACKLOG", "EVENT_BACKLOG", "Mux", "open_mux"]
+__all__ = ["DEFAULT_RECEIVE_MEMORY_LIMIT", "ERROR_BACKLOG", "EVENT_BACKLOG", "Mux", "open_mux"]
+
+#: open_mux's receive_memory_limit (see docs/reliability.md for how it was chosen).
+DEFAULT_RECEIVE_MEMORY_LIMIT = 64 * 1024 * 1024
 
 logger = logging.getLogger("trio_kcm")
 logger.addHandler(logging.NullHandler())
@@ -77,6 +81,7 @@ class Mux:
         close_timeout: float,
         validate: bool,
         tx_stall_timeout: float | None = None,
+        receive_memory_limit: int | None = None,
     ) -> None:
         self._parser = parser
         self._rx_policy = rx_policy
@@ -90,7 +95,8 @@ class Mux:
         self._bugs = BugReport()
         self._check = OutgoingCheck(parser, max_message_size, validate)
         self._transmit = Transmitter(self, tx_policy, self._bugs)
-        self._receive = Receiver(rx_policy, self._bugs)
+        self._budget = None if receive_memory_limit is None else Budget(receive_memory_limit)
+        self._receive = Receiver(rx_policy, self._bugs, self._budget)
         self._lifecycle = Lifecycle(
             self,
             self._transmit,
@@ -541,6 +547,7 @@ class Mux:
         transmit = self._transmit
         receive = self._receive
         lifecycle = self._lifecycle
+        budget = self._budget
         return MuxStatistics(
             rx_msgs=receive.msgs,
             rx_bytes=receive.bytes,
@@ -557,6 +564,10 @@ class Mux:
             stream_errors=lifecycle.failures,
             errors_dropped=lifecycle.errors.dropped,
             events_dropped=lifecycle.events.dropped,
+            rx_buffered=0 if budget is None else budget.used,
+            rx_budget_waiting=0 if budget is None else budget.waiting,
+            rx_budget_holds=0 if budget is None else budget.holds,
+            rx_budget_failures=0 if budget is None else budget.failures,
         )
 
     def stream_totals(self) -> StreamTotals:
@@ -638,6 +649,7 @@ async def open_mux(
     close_timeout: float = 5.0,
     validate: bool = True,
     tx_stall_timeout: float | None = None,
+    receive_memory_limit: int | None = DEFAULT_RECEIVE_MEMORY_LIMIT,
 ) -> AsyncIterator[Mux]:
     """Open a connection multiplexor; an async context manager.
 
@@ -683,6 +695,14 @@ async def open_mux(
         write completes, the stream is used again (:class:`StreamResumed`).
         A stall does not fail the stream: do that yourself if you want it
         gone (:meth:`Mux.unattach`).
+      receive_memory_limit: Bytes of received data the mux may hold, across
+        all its streams: partly assembled messages, and complete ones the
+        application has not taken.  At the limit it stops reading from the
+        streams that hold the most (TCP's window then pushes back on their
+        peers) while streams with small messages go on, and a stream whose
+        announced message cannot fit fails (``ENOBUFS``); see
+        ``docs/reliability.md``.  64 MiB by default; at least 8 KiB; ``None``
+        for no limit.
 
     On a normal exit it closes every socket (tasks waiting in them get
     :exc:`trio.ClosedResourceError`), waits up to ``close_timeout`` for the
@@ -726,6 +746,7 @@ async def open_mux(
         close_timeout=close_timeout,
         validate=validate,
         tx_stall_timeout=tx_stall_timeout,
+        receive_memory_limit=receive_memory_limit,
     )
     body_exc: BaseException | None = None
     unwrap = False

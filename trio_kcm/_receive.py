@@ -36,6 +36,7 @@ import trio_util
 from trio.lowlevel import enable_ki_protection
 
 from ._assembler import Assembler, AssemblyError
+from ._budget import Budget
 from ._bugs import BugReport
 from ._policy import Policy
 from ._state import HEALTHY
@@ -133,6 +134,7 @@ class StreamRx:
 
     __slots__ = (
         "assembler",
+        "counted",
         "deadline",
         "held",
         "initial",
@@ -169,6 +171,8 @@ class StreamRx:
         self.scope = trio.CancelScope()
         #: The read after a short one, for a plain SocketStream (else None).
         self.wait_read = _waiting_reader(life.transport)
+        #: Its partial message's bytes as the mux's budget counts them.
+        self.counted = 0
 
     def take_unread(self) -> bytes:
         """What was read of the stream and not parsed into whole messages."""
@@ -189,6 +193,7 @@ class Receiver:
     """The receive scheduler of one mux: its policy, candidates, and readers."""
 
     __slots__ = (
+        "budget",
         "bugs",
         "bytes",
         "candidates",
@@ -199,9 +204,11 @@ class Receiver:
         "space",
     )
 
-    def __init__(self, policy: Policy, bugs: BugReport) -> None:
+    def __init__(self, policy: Policy, bugs: BugReport, budget: Budget | None = None) -> None:
         self.policy = policy
         self.bugs = bugs
+        #: The mux-wide memory budget of received data (``_budget.py``), or None.
+        self.budget = budget
         #: The receive candidates, exactly.
         self.candidates: dict[KCMSocket, SocketRx] = {}
         #: Complete messages waiting in the mux for a socket (see the module doc).
@@ -313,6 +320,11 @@ class Receiver:
         rx.queued_bytes -= nbytes
         rx.msgs += len(out)
         rx.bytes += nbytes
+        budget = self.budget
+        if budget is not None:
+            budget.queued -= nbytes
+            if budget.waiting:
+                budget.taken()
         try:
             self.policy.socket_drained(rx.sock, nbytes)
             # A full socket comes back below half its buffer (the kernel waits
@@ -465,77 +477,150 @@ class Receiver:
         It reads ``READ_SIZE`` bytes at a time, feeds them to the stream's
         assembler, and steers the complete messages; what no socket has room
         for waits on the stream while the reader pauses (:meth:`_pause`).  It
-        enforces ``assembly_timeout`` from a message's first byte.  Any
+        enforces ``assembly_timeout`` from a message's first byte, and the
+        mux's memory budget, if any (:meth:`_hold`, ``_budget.py``).  Any
         failure -- a read error, end of stream, a header the parser refuses, a
-        timeout -- calls ``fail`` and returns; unattach cancels its scope.
+        timeout, no room -- calls ``fail`` and returns; unattach cancels its
+        scope.
         """
+        with srx.scope:
+            try:
+                await self._read_loop(srx, fail)
+            finally:
+                budget = self.budget
+                if budget is not None and srx.counted:
+                    budget.released(srx.counted)
+                    srx.counted = 0
+
+    async def _read_loop(self, srx: StreamRx, fail: FailStream) -> None:
         life = srx.life
         origin = life.handle
         receive_some = life.transport.receive_some
         wait_read = srx.wait_read
         read = receive_some if wait_read is None else wait_read
         timeout = srx.timeout
-        with srx.scope:
-            while True:
-                if srx.held:
-                    held = srx.held
-                    srx.held = []
-                    done = self.steer(origin, held)
-                    if done < len(held):
-                        srx.held = held[done:]
-                        await self._pause(srx)
-                        if life.phase not in HEALTHY:
-                            return
-                        continue
-                if srx.initial:
-                    # Read before attach: parsed first, like a read.
-                    initial, srx.initial = srx.initial, b""
-                    if not self._absorb(srx, initial, fail):
+        budget = self.budget
+        size = READ_SIZE
+        while True:
+            if srx.held:
+                held = srx.held
+                srx.held = []
+                done = self.steer(origin, held)
+                if done < len(held):
+                    srx.held = held[done:]
+                    await self._pause(srx)
+                    if life.phase not in HEALTHY:
                         return
                     continue
-                try:
-                    if timeout is None or srx.deadline == math.inf:
-                        data = await read(READ_SIZE)
-                    else:
-                        with trio.move_on_at(srx.deadline) as deadline_scope:
-                            data = await read(READ_SIZE)
-                        if deadline_scope.cancelled_caught:
-                            srx.timeouts += 1
-                            fail(
-                                _errno.ETIMEDOUT,
-                                f"a message took longer than assembly_timeout={timeout}s to arrive",
-                                None,
-                                None,
-                            )
-                            return
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    fail(_errno.EPIPE, f"read failed: {exc!r}", exc, None)
+            if srx.initial:
+                # Read before attach: parsed first, like a read.
+                initial, srx.initial = srx.initial, b""
+                if not self._absorb(srx, initial, fail):
                     return
-                if life.phase not in HEALTHY:
-                    # Another task failed the stream while this read completed:
-                    # its partial message was already reported, and these bytes
-                    # may start mid-message.  They are not parsed.
-                    return
-                if not data:
-                    fail(_errno.EPIPE, "end of stream (the peer closed it)", None, None, eof=True)
-                    return
-                if wait_read is not None:
-                    # A full read: more is likely there, so try before waiting.
-                    read = receive_some if len(data) == READ_SIZE else wait_read
-                if not self._absorb(srx, data, fail):
-                    return
+                continue
+            if budget is not None:
+                size = budget.read_size(srx.counted, READ_SIZE)
+                if not size:
+                    if not await self._hold(srx, budget, fail):
+                        return
+                    continue
+                budget.reserved += size
+            try:
+                if timeout is None or srx.deadline == math.inf:
+                    data = await read(size)
+                else:
+                    with trio.move_on_at(srx.deadline) as deadline_scope:
+                        data = await read(size)
+                    if deadline_scope.cancelled_caught:
+                        self._timed_out(srx, fail)
+                        return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                fail(_errno.EPIPE, f"read failed: {exc!r}", exc, None)
+                return
+            finally:
+                if budget is not None:
+                    budget.reserved -= size
+            if life.phase not in HEALTHY:
+                # Another task failed the stream while this read completed:
+                # its partial message was already reported, and these bytes
+                # may start mid-message.  They are not parsed.
+                return
+            if not data:
+                fail(_errno.EPIPE, "end of stream (the peer closed it)", None, None, eof=True)
+                return
+            if wait_read is not None:
+                # A full read: more is likely there, so try before waiting.
+                read = receive_some if len(data) == size else wait_read
+            if not self._absorb(srx, data, fail):
+                return
+
+    @staticmethod
+    def _timed_out(srx: StreamRx, fail: FailStream) -> None:
+        srx.timeouts += 1
+        fail(
+            _errno.ETIMEDOUT,
+            f"a message took longer than assembly_timeout={srx.timeout}s to arrive",
+            None,
+            None,
+        )
+
+    async def _hold(self, srx: StreamRx, budget: Budget, fail: FailStream) -> bool:
+        """The budget is spent: wait for room, or fail if the message cannot fit.
+
+        Returns whether the stream is still healthy.  Time held counts
+        against ``assembly_timeout``: a peer the mux holds mid-message still
+        has to finish it in time, so held streams do not stay forever.
+        """
+        announced = srx.assembler.announced
+        if (
+            announced
+            and budget.queued * 2 < budget.limit
+            and budget.cannot_fit(srx.counted, announced)
+        ):
+            budget.failures += 1
+            fail(
+                _errno.ENOBUFS,
+                f"a message of {announced} bytes cannot fit in receive_memory_limit="
+                f"{budget.limit} beside the {budget.partial - srx.counted} bytes of other"
+                " streams' partial messages",
+                None,
+                None,
+            )
+            return False
+        budget.holds += 1
+        budget.waiting += 1
+        try:
+            if srx.timeout is None or srx.deadline == math.inf:
+                await budget.freed.wait()
+            else:
+                with trio.move_on_at(srx.deadline) as deadline_scope:
+                    await budget.freed.wait()
+                if deadline_scope.cancelled_caught:
+                    self._timed_out(srx, fail)
+                    return False
+        finally:
+            budget.waiting -= 1
+        return srx.life.phase in HEALTHY
 
     def _absorb(self, srx: StreamRx, data: bytes | bytearray, fail: FailStream) -> bool:
         """Parse what was read and steer the whole messages; False: the stream failed."""
         assembler = srx.assembler
         before = assembler.bytes
+        budget = self.budget
         try:
             messages = assembler.feed(data)
         except AssemblyError as exc:
             self._count(exc.messages, assembler.bytes - before)
+            if budget is not None:
+                budget.queued += assembler.bytes - before
             srx.held.extend(exc.messages)
             fail(exc.errno, str(exc), exc.__cause__, exc.partial)
             return False
+        if budget is not None:
+            budget.queued += assembler.bytes - before
+            partial = assembler.partial_size
+            budget.partial += partial - srx.counted
+            srx.counted = partial
         timeout = srx.timeout
         if timeout is not None:
             if not assembler.partial_size:

@@ -84,6 +84,10 @@ _MUX_FIELDS: tuple[_Field, ...] = (
     _Field("stream_errors", "counter", "Stream failures, ever."),
     _Field("errors_dropped", "counter", "Stream errors dropped before a monitor took them."),
     _Field("events_dropped", "counter", "Events dropped before a monitor took them."),
+    _Field("rx_buffered", "gauge", "Bytes of received data held now, against the memory limit."),
+    _Field("rx_budget_waiting", "gauge", "Readers waiting now for room in the memory limit."),
+    _Field("rx_budget_holds", "counter", "Times a reader waited for room in the memory limit."),
+    _Field("rx_budget_failures", "counter", "Streams failed with ENOBUFS: no room for a message."),
 )
 
 _STREAM_FIELDS: tuple[_Field, ...] = (

@@ -1,0 +1,278 @@
+"""open_mux(receive_memory_limit=...): a mux-wide bound on received data, under hostile load.
+
+Hostile peers announce large messages and never finish them, many at once,
+fast or slowloris-paced; well-behaved peers send small messages beside them.
+Memory is measured with tracemalloc (everything the process allocates, the
+peers' own buffers included) against the limit plus a stated constant per
+stream.  Peers are lockstep streams: a write waits until the mux reads it, as
+TCP's window makes a peer wait, so what a held peer has not sent is not in
+this process's memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import tracemalloc
+from collections import Counter
+
+import pytest
+import trio
+import trio.testing
+
+import trio_kcm
+
+from .conftest import PeerReader, deadline, frame
+
+P = trio_kcm.LengthPrefixed(">I", adjust=4)
+
+#: What each stream may add beyond the limit: a pressure read and a partial
+#: message below the hold threshold (2 x 4 KiB), the assembler's and the
+#: peer's buffers.  Measured at about 7 KiB with 600 and 2,000 streams.
+PER_STREAM = 12 * 1024
+
+
+async def hostile(stream: trio.abc.Stream, announced: int, chunk: int = 1024) -> None:
+    """Announce ``announced`` bytes, send all but the last byte, and stay."""
+    try:
+        await stream.send_all(struct.pack(">I", announced - 4))
+        for _ in range((announced - 5) // chunk):
+            await stream.send_all(b"x" * chunk)
+    except trio.BrokenResourceError:
+        pass  # the mux failed this stream (ENOBUFS)
+    await trio.sleep_forever()
+
+
+async def healthy(stream: trio.abc.Stream, index: int, count: int) -> None:
+    for k in range(count):
+        await stream.send_all(frame(b"%d:%d:" % (index, k) + b"." * 90))
+
+
+async def run_attack(
+    limit: int | None, n_hostile: int, n_healthy: int, announced: int, per_peer: int = 10
+) -> tuple[int, Counter[bytes], trio_kcm.MuxStatistics]:
+    """Returns (peak bytes above the baseline, deliveries per message, statistics)."""
+    got: Counter[bytes] = Counter()
+    async with (
+        trio_kcm.open_mux(parser=P, receive_memory_limit=limit) as mux,
+        trio.open_nursery() as nursery,
+    ):
+        sock = mux.socket()
+        peers = []
+        for _ in range(n_hostile + n_healthy):
+            ours, theirs = trio.testing.lockstep_stream_pair()
+            mux.attach(ours)
+            peers.append(theirs)
+
+        async def consume() -> None:
+            async for message in sock:
+                got[message[4:].rsplit(b":", 1)[0]] += 1
+
+        nursery.start_soon(consume)
+        await trio.testing.wait_all_tasks_blocked()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            for i, peer in enumerate(peers):
+                if i < n_hostile:
+                    nursery.start_soon(hostile, peer, announced)
+                else:
+                    nursery.start_soon(healthy, peer, i, per_peer)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.02)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        stats = mux.statistics()
+        nursery.cancel_scope.cancel()
+    return peak, got, stats
+
+
+def expected(n_hostile: int, n_healthy: int, per_peer: int = 10) -> Counter[bytes]:
+    return Counter(
+        b"%d:%d" % (i, k) for i in range(n_hostile, n_hostile + n_healthy) for k in range(per_peer)
+    )
+
+
+@deadline(60)
+async def test_two_thousand_streams_half_hostile_stay_within_the_limit() -> None:
+    limit = 4 * 1024 * 1024
+    peak, got, stats = await run_attack(limit, 1000, 1000, announced=64 * 1024)
+    assert peak <= limit + 2000 * PER_STREAM
+    # Every healthy message arrived, once; nothing of the hostile ones.
+    assert got == expected(1000, 1000)
+    assert stats.rx_budget_holds > 0  # hostile streams were held...
+    assert stats.rx_buffered <= limit + 2000 * 2 * 4096
+
+
+@deadline(60)
+async def test_without_a_limit_the_same_attack_takes_what_it_sends() -> None:
+    # The bound below is not loose: with no limit, 200 peers announcing
+    # 128 KiB each hold ~25 MiB, far above 2 MiB + 400 x PER_STREAM.
+    peak, got, _ = await run_attack(None, 200, 200, announced=128 * 1024)
+    assert peak > 2 * 1024 * 1024 + 400 * PER_STREAM
+    assert got == expected(200, 200)
+
+
+@deadline(60)
+async def test_a_limit_holds_the_same_attack() -> None:
+    limit = 2 * 1024 * 1024
+    peak, got, stats = await run_attack(limit, 300, 300, announced=128 * 1024)
+    assert peak <= limit + 600 * PER_STREAM
+    assert got == expected(300, 300)
+    # Some announced messages could not fit beside the held ones: those
+    # streams failed alone, the others were held.
+    assert stats.rx_budget_failures > 0
+    assert stats.stream_errors == stats.rx_budget_failures
+
+
+@deadline(60)
+async def test_a_message_that_cannot_fit_fails_its_stream_with_enobufs() -> None:
+    limit = 64 * 1024
+    async with trio_kcm.open_mux(parser=P, receive_memory_limit=limit) as mux:
+        big_ours, big_peer = trio.testing.memory_stream_pair()
+        big = mux.attach(big_ours)
+        # 60 KiB of a 63 KiB message: it fits, and it holds most of the limit.
+        await big_peer.send_all(struct.pack(">I", 63 * 1024 - 4) + b"a" * (60 * 1024))
+        await trio.testing.wait_all_tasks_blocked()
+        late_ours, late_peer = trio.testing.memory_stream_pair()
+        late = mux.attach(late_ours)
+        await late_peer.send_all(struct.pack(">I", 32 * 1024 - 4) + b"b" * (8 * 1024))
+        error = await mux.errors().__anext__()
+        assert error.stream is late
+        assert error.errno == errno.ENOBUFS
+        assert "cannot fit in receive_memory_limit=65536" in str(error)
+        assert big.state == "active"
+        assert mux.statistics().rx_budget_failures == 1
+
+
+@deadline(60)
+async def test_complete_messages_nobody_takes_stop_every_reader() -> None:
+    # The application is behind: the limit works as a mux-wide receive
+    # buffer; nothing is lost, and taking the messages resumes the readers.
+    limit = 64 * 1024
+    async with (
+        trio_kcm.open_mux(parser=P, receive_memory_limit=limit, receive_buffer_size=1 << 30) as mux,
+        trio.open_nursery() as nursery,
+    ):
+        sock = mux.socket()
+        count = 2000  # ~200 KiB per peer, 3 peers
+        for i in range(3):
+            ours, theirs = trio.testing.lockstep_stream_pair()
+            mux.attach(ours)
+            nursery.start_soon(healthy, theirs, i, count)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = mux.statistics()
+        assert limit <= stats.rx_buffered <= limit + 3 * 2 * 4096
+        assert stats.rx_budget_waiting == 3
+        got: Counter[bytes] = Counter()
+        while sum(got.values()) < 3 * count:
+            for message in await sock.receive_many(100):
+                got[message[4:].rsplit(b":", 1)[0]] += 1
+        assert got == expected(0, 3, count)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mux.statistics().rx_buffered == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_time_held_counts_against_assembly_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limit = 64 * 1024
+    async with (
+        trio_kcm.open_mux(parser=P, receive_memory_limit=limit, assembly_timeout=10) as mux,
+        trio.open_nursery() as nursery,
+    ):
+        for _ in range(2):
+            ours, theirs = trio.testing.lockstep_stream_pair()
+            mux.attach(ours)
+            nursery.start_soon(hostile, theirs, 48 * 1024)
+        start = trio.current_time()
+        errors = []
+        async for error in mux.errors():
+            errors.append((error.errno, trio.current_time() - start))
+            if len(errors) == 2:
+                break
+        # One was held (the two do not fit together) or failed at once; the
+        # one that stayed ran out of time 10 s after its first byte.
+        assert sorted(e for e, _ in errors) in (
+            [errno.ETIMEDOUT, errno.ETIMEDOUT],
+            sorted([errno.ENOBUFS, errno.ETIMEDOUT]),
+        )
+        assert max(t for _, t in errors) == pytest.approx(10, abs=0.5)
+        assert mux.statistics().rx_buffered == 0  # their partial messages are gone
+        nursery.cancel_scope.cancel()
+
+
+async def test_slowloris_peers_hold_only_what_they_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 500 peers each send a header announcing 1 MiB and then a byte a
+    # second: the mux holds what arrived, no more, and cuts them off at
+    # assembly_timeout; a healthy peer beside them is answered throughout.
+    async with (
+        trio_kcm.open_mux(parser=P, receive_memory_limit=1 << 20, assembly_timeout=30) as mux,
+        trio.open_nursery() as nursery,
+    ):
+        sock = mux.socket()
+
+        async def slowloris(stream: trio.abc.Stream) -> None:
+            try:
+                await stream.send_all(struct.pack(">I", (1 << 20) - 4))
+                while True:
+                    await trio.sleep(1)
+                    await stream.send_all(b"z")
+            except trio.BrokenResourceError:
+                pass
+
+        for _ in range(500):
+            ours, theirs = trio.testing.memory_stream_pair()
+            mux.attach(ours)
+            nursery.start_soon(slowloris, theirs)
+        ours, peer = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        reader = PeerReader(peer)
+        for second in range(40):
+            await peer.send_all(frame(b"ping %d" % second))
+            message, origin = await sock.receive_from()
+            await sock.send_to(frame(b"pong " + message[4:]), origin)
+            assert await reader.read_frames(1) == [frame(b"pong ping %d" % second)]
+            if second == 20:
+                # The headers and a byte a second (give or take the byte of
+                # this very second): what they sent, held, not what they announced.
+                assert 500 * (4 + 19) <= mux.statistics().rx_buffered <= 500 * (4 + 21)
+            await trio.sleep(1)
+        stats = mux.statistics()
+        assert stats.stream_errors == 500  # all cut off at 30 s: ETIMEDOUT
+        assert stats.rx_buffered == 0
+        nursery.cancel_scope.cancel()
+
+
+@deadline(60)
+async def test_accounting_returns_to_zero_when_streams_leave() -> None:
+    async with trio_kcm.open_mux(parser=P, receive_memory_limit=1 << 20) as mux:
+        handles = []
+        for i in range(4):
+            ours, theirs = trio.testing.memory_stream_pair()
+            handles.append(mux.attach(ours))
+            await theirs.send_all(frame(b"whole %d" % i) + struct.pack(">I", 100) + b"part")
+        await trio.testing.wait_all_tasks_blocked()
+        assert mux.statistics().rx_buffered == 4 * (len(frame(b"whole 0")) + 8)
+        stream = await mux.unattach(handles[0])  # its partial goes back with it
+        assert handles[0].unread_data == struct.pack(">I", 100) + b"part"
+        await stream.aclose()
+        sock = mux.socket()
+        await trio.testing.wait_all_tasks_blocked()  # the held messages reach it
+        assert len(await sock.receive_many(10)) == 4
+        assert mux.statistics().rx_buffered == 3 * 8
+
+
+async def test_limit_is_checked_and_none_counts_nothing() -> None:
+    with pytest.raises(ValueError, match="receive_memory_limit"):
+        async with trio_kcm.open_mux(parser=P, receive_memory_limit=1000):
+            pass  # pragma: no cover
+    async with trio_kcm.open_mux(parser=P, receive_memory_limit=None) as mux:
+        ours, theirs = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        await theirs.send_all(frame(b"x"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert mux.statistics().rx_buffered == 0
