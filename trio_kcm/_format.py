@@ -128,7 +128,8 @@ def format_kcm_stats(mux: Mux) -> str:
     this covers one mux since it opened.  Unlike the kernel's, ``Unattach``
     and ``UnattchRsvd`` are not swapped, ``TX-Retries`` is counted, and
     ``RX-Aborts`` is real (streams whose reader failed them); ``RX-MemFail``
-    is always 0 (Python does not retry failed allocations).
+    counts the streams failed for want of memory, by ``receive_memory_limit``
+    (``ENOBUFS``; the kernel counts allocations it will retry).
     """
     m = mux.statistics()
     t = mux.stream_totals()
@@ -141,7 +142,8 @@ def format_kcm_stats(mux: Mux) -> str:
     psock_head += ["RX-MemFail", "RX-NeedMor", "RX-BadLen", "RX-TooBig", "RX-Timeout"]
     psock_head += ["TX-Aborts"]
     psock_row: list[object] = ["", t.rx_msgs, t.rx_bytes, t.tx_msgs, t.tx_bytes, t.reserved]
-    psock_row += [t.unreserved, t.rx_aborts, t.rx_interrupted, t.rx_unrecoverable, 0]
+    psock_row += [t.unreserved, t.rx_aborts, t.rx_interrupted, t.rx_unrecoverable]
+    psock_row += [m.rx_budget_failures]
     psock_row += [t.rx_need_more_hdr, t.rx_bad_hdr_len, t.rx_msg_too_big, t.rx_msg_timeouts]
     psock_row += [t.tx_aborts]
     lines = [
