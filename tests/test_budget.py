@@ -276,3 +276,16 @@ async def test_limit_is_checked_and_none_counts_nothing() -> None:
         await theirs.send_all(frame(b"x"))
         await trio.testing.wait_all_tasks_blocked()
         assert mux.statistics().rx_buffered == 0
+
+
+@deadline(10)
+async def test_a_message_larger_than_the_whole_limit_fails_with_enobufs() -> None:
+    # Within max_message_size (8 MiB by default), above the limit: it could
+    # never be held, so its stream fails as soon as it is seen to be stuck.
+    async with trio_kcm.open_mux(parser=P, receive_memory_limit=64 * 1024) as mux:
+        ours, peer = trio.testing.memory_stream_pair()
+        mux.attach(ours)
+        await peer.send_all(struct.pack(">I", 100 * 1024) + b"x" * (80 * 1024))
+        error = await mux.errors().__anext__()
+        assert error.errno == errno.ENOBUFS
+        assert "a message of 102404 bytes cannot fit" in str(error)

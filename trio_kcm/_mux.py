@@ -700,9 +700,10 @@ async def open_mux(
         application has not taken.  At the limit it stops reading from the
         streams that hold the most (TCP's window then pushes back on their
         peers) while streams with small messages go on, and a stream whose
-        announced message cannot fit fails (``ENOBUFS``); see
-        ``docs/reliability.md``.  64 MiB by default; at least 8 KiB; ``None``
-        for no limit.
+        announced message cannot fit fails (``ENOBUFS``) -- so does any
+        message larger than the limit itself, whatever ``max_message_size``
+        allows; see ``docs/reliability.md``.  64 MiB by default; at least
+        8 KiB; ``None`` for no limit.
 
     On a normal exit it closes every socket (tasks waiting in them get
     :exc:`trio.ClosedResourceError`), waits up to ``close_timeout`` for the
