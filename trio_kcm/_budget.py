@@ -3,43 +3,54 @@
 The kernel's KCM never holds a partial message itself: the bytes stay in the
 TCP receive queue, bounded by ``SO_RCVBUF`` per connection and by the
 system's TCP memory limits across them.  A mux assembles messages in Python
-memory, so it bounds them itself, across all its streams:
+memory, so it bounds them itself, across all its streams.
 
-* *used* is the bytes of partly assembled messages (every stream's
-  assembler) plus the complete messages not yet taken by the application
-  (waiting on their stream, in the hold queue, in sockets' queues);
-* a read in progress *reserves* the bytes it may return, so that reads
-  started together cannot overshoot the limit together.
+What counts against the limit (*load*):
 
-Below the limit a reader reads up to ``READ_SIZE`` bytes, no more than the
-room left (and at least ``SMALL``).  At the limit:
+* each stream's *charge*: for a message whose header announced a length
+  above ``SMALL`` and which was *admitted*, that whole length, paid in
+  advance; otherwise the bytes it holds of its partial message;
+* complete messages the application has not taken yet (waiting on their
+  stream, in the hold queue, in sockets' queues);
+* reads in progress, which reserve the bytes they may return, so that reads
+  started together cannot overshoot together.
 
-1. if complete messages hold half of it or more, the application is behind:
-   every reader stops (backpressure, as a full socket buffer does) until
-   *used* is back below the low mark (7/8 of the limit);
-2. otherwise partial messages fill it.  A stream in the middle of a message
-   of which it holds ``SMALL`` bytes or more is *held*: it stops reading
-   until *used* is below the low mark -- unless its message, by the length
-   its header announced, could not fit even if every other partial message
-   stayed where it is: then it fails alone, ``ENOBUFS``;
-3. a stream at a message boundary, or holding less than ``SMALL`` bytes,
-   reads at most ``SMALL`` bytes: small messages keep flowing past the held
-   ones.
+The rules:
 
-So memory stays below the limit plus ``2 * SMALL`` bytes per stream (plus
-each assembler's own overhead), whatever the peers send.
+1. *Admission.*  A message announced above ``SMALL`` bytes is admitted when
+   its whole length fits beside the load; an admitted message is read to its
+   end at full speed, since it is paid for, and so it always finishes.  One
+   that does not fit waits at its header, its stream not read (TCP's window
+   then pushes back on the peer), until it does: streams with large messages
+   take turns, and none fails for want of room -- except a message larger
+   than the limit itself, which never could fit: ``ENOBUFS``.
+2. *Reading otherwise* (small or unknown-length messages, boundaries): below
+   the limit a read asks for up to ``READ_SIZE`` bytes, no more than the room
+   left (at least ``SMALL``).  At the limit, if complete messages fill half
+   of it the application is behind, and every such reader waits for room;
+   otherwise a stream holding ``SMALL`` bytes or more of an unknown-length
+   message waits, and the others read ``SMALL`` bytes at a time, so small
+   messages keep flowing past admitted and waiting large ones.
+
+Waiting readers are woken smallest need first (a heap), each once its need
+fits.  So what the mux holds stays below the limit plus the reads in
+progress -- together at most the limit again, since each read is sized by
+the room left, and ``SMALL`` per stream once none is left -- plus under
+``SMALL`` of partial message per stream (and each assembler's own
+overhead), whatever the peers send.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from typing import final
 
-import trio_util
+import trio
 
 __all__ = ["SMALL", "Budget"]
 
-#: The read size under pressure, and the partial message below which a stream
-#: is never held.
+#: The read size under pressure; messages up to this size need no admission.
 SMALL = 4096
 
 
@@ -48,63 +59,78 @@ class Budget:
     """The bytes held of received data, against ``limit``; see the module doc."""
 
     __slots__ = (
+        "_order",
+        "charged",
         "failures",
-        "freed",
         "holds",
         "limit",
-        "low",
-        "partial",
         "queued",
         "reserved",
-        "waiting",
+        "waiters",
     )
 
     def __init__(self, limit: int) -> None:
         if limit < 2 * SMALL:
             raise ValueError(f"receive_memory_limit must be >= {2 * SMALL}")
         self.limit = limit
-        #: Held readers go on once *used* is below this.
-        self.low = limit - limit // 8
-        #: Bytes of partly assembled messages, all streams.
-        self.partial = 0
+        #: The streams' charges: admitted lengths, or the partial bytes held.
+        self.charged = 0
         #: Bytes of complete messages the application has not taken.
         self.queued = 0
         #: Bytes the reads in progress may return.
         self.reserved = 0
-        #: Readers waiting for room (held or stopped).
-        self.waiting = 0
-        #: Set when *used* goes below the low mark while readers wait.
-        self.freed = trio_util.RepeatedEvent()
-        #: Times a reader was held or stopped; streams failed with ENOBUFS.
+        #: Readers waiting for room: (need, order, event), smallest need first.
+        self.waiters: list[tuple[int, int, trio.Event]] = []
+        self._order = itertools.count()
+        #: Times a reader waited for room; streams failed with ENOBUFS.
         self.holds = 0
         self.failures = 0
 
     @property
     def used(self) -> int:
-        """Bytes held now: partial messages and complete ones not taken."""
-        return self.partial + self.queued
+        """Bytes held or paid for now: charges and complete messages not taken."""
+        return self.charged + self.queued
 
-    def read_size(self, own_partial: int, max_read: int) -> int:
-        """How much a stream holding ``own_partial`` bytes may read now; 0: wait."""
-        used = self.partial + self.queued
-        if used < self.limit:
-            room = self.limit - used - self.reserved
+    def room(self) -> int:
+        """Bytes a new read or admission may take now."""
+        return self.limit - self.charged - self.queued - self.reserved
+
+    def admits(self, charge: int, announced: int) -> bool:
+        """Whether a message of ``announced`` bytes fits, its stream's ``charge`` aside.
+
+        Reads in progress are not counted: an idle stream's reader reserves
+        its next read while it waits, and with many idle streams those
+        reservations would keep every large message out.
+        """
+        return announced - charge <= self.limit - self.charged - self.queued
+
+    def read_size(self, charge: int, max_read: int) -> int:
+        """How much a stream charged ``charge`` (no admitted message) may read; 0: wait."""
+        room = self.room()
+        if self.charged + self.queued < self.limit:
             return max_read if room >= max_read else max(SMALL, room)
-        if self.queued * 2 >= self.limit or own_partial >= SMALL:
+        if self.queued * 2 >= self.limit or charge >= SMALL:
             return 0
         return SMALL
 
-    def cannot_fit(self, own_partial: int, announced: int) -> bool:
-        """Whether a held stream's message could never fit beside the others' partials."""
-        return announced > self.limit - (self.partial - own_partial)
+    async def wait(self, need: int) -> None:
+        """Wait until ``need`` more bytes fit (woken smallest need first)."""
+        event = trio.Event()
+        entry = (need, next(self._order), event)
+        heapq.heappush(self.waiters, entry)
+        self.holds += 1
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():  # cancelled: leave the line
+                self.waiters.remove(entry)
+                heapq.heapify(self.waiters)
 
-    def taken(self) -> None:
-        """Readers wait, and the application took messages (``queued`` is down)."""
-        if self.partial + self.queued < self.low:
-            self.freed.set()
-
-    def released(self, nbytes: int) -> None:
-        """A stream's partial message left the mux (it failed or was unattached)."""
-        self.partial -= nbytes
-        if self.waiting and self.partial + self.queued < self.low:
-            self.freed.set()
+    def wake(self) -> None:
+        """Room may have grown: wake the waiters whose need fits, smallest first."""
+        waiters = self.waiters
+        room = self.limit - self.charged - self.queued
+        while waiters and waiters[0][0] <= room:
+            need, _, event = heapq.heappop(waiters)
+            event.set()
+            room -= need  # so one freed byte wakes one waiter, not all

@@ -50,9 +50,8 @@ class StreamError(OSError):
     EMSGSIZE   a message was announced larger than ``max_message_size``
     ETIMEDOUT  a message took longer than ``assembly_timeout`` to arrive
                (time held back by ``receive_memory_limit`` included)
-    ENOBUFS    a message's announced length could not fit in
-               ``receive_memory_limit`` beside the partial messages the
-               mux already held
+    ENOBUFS    a message's announced length is larger than the mux's
+               ``receive_memory_limit``: it could never be held
     ========== ==============================================================
 
     Attributes:

@@ -565,7 +565,7 @@ class Mux:
             errors_dropped=lifecycle.errors.dropped,
             events_dropped=lifecycle.events.dropped,
             rx_buffered=0 if budget is None else budget.used,
-            rx_budget_waiting=0 if budget is None else budget.waiting,
+            rx_budget_waiting=0 if budget is None else len(budget.waiters),
             rx_budget_holds=0 if budget is None else budget.holds,
             rx_budget_failures=0 if budget is None else budget.failures,
         )
@@ -697,13 +697,14 @@ async def open_mux(
         gone (:meth:`Mux.unattach`).
       receive_memory_limit: Bytes of received data the mux may hold, across
         all its streams: partly assembled messages, and complete ones the
-        application has not taken.  At the limit it stops reading from the
-        streams that hold the most (TCP's window then pushes back on their
-        peers) while streams with small messages go on, and a stream whose
-        announced message cannot fit fails (``ENOBUFS``) -- so does any
-        message larger than the limit itself, whatever ``max_message_size``
-        allows; see ``docs/reliability.md``.  64 MiB by default; at least
-        8 KiB; ``None`` for no limit.
+        application has not taken.  A large message is read once its whole
+        announced length fits, and waits at its header until then (its
+        stream is not read: TCP's window pushes back on the peer); at the
+        limit streams with small messages go on, 4 KiB at a time.  A
+        message larger than the limit itself can never fit and fails its
+        stream (``ENOBUFS``), whatever ``max_message_size`` allows.  See
+        ``docs/reliability.md``.  64 MiB by default; at least 8 KiB;
+        ``None`` for no limit.
 
     On a normal exit it closes every socket (tasks waiting in them get
     :exc:`trio.ClosedResourceError`), waits up to ``close_timeout`` for the

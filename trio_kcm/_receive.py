@@ -36,7 +36,7 @@ import trio_util
 from trio.lowlevel import enable_ki_protection
 
 from ._assembler import Assembler, AssemblyError
-from ._budget import Budget
+from ._budget import SMALL, Budget
 from ._bugs import BugReport
 from ._policy import Policy
 from ._state import HEALTHY
@@ -133,8 +133,9 @@ class StreamRx:
     """One stream's receive side: its assembler and what waits for a socket."""
 
     __slots__ = (
+        "admitted",
         "assembler",
-        "counted",
+        "charge",
         "deadline",
         "held",
         "initial",
@@ -171,8 +172,10 @@ class StreamRx:
         self.scope = trio.CancelScope()
         #: The read after a short one, for a plain SocketStream (else None).
         self.wait_read = _waiting_reader(life.transport)
-        #: Its partial message's bytes as the mux's budget counts them.
-        self.counted = 0
+        #: What the mux's budget counts for it: its admitted message's
+        #: length (``admitted``), or the bytes of its partial message.
+        self.charge = 0
+        self.admitted = False
 
     def take_unread(self) -> bytes:
         """What was read of the stream and not parsed into whole messages."""
@@ -323,8 +326,8 @@ class Receiver:
         budget = self.budget
         if budget is not None:
             budget.queued -= nbytes
-            if budget.waiting:
-                budget.taken()
+            if budget.waiters:
+                budget.wake()
         try:
             self.policy.socket_drained(rx.sock, nbytes)
             # A full socket comes back below half its buffer (the kernel waits
@@ -488,9 +491,11 @@ class Receiver:
                 await self._read_loop(srx, fail)
             finally:
                 budget = self.budget
-                if budget is not None and srx.counted:
-                    budget.released(srx.counted)
-                    srx.counted = 0
+                if budget is not None and srx.charge:
+                    budget.charged -= srx.charge
+                    srx.charge = 0
+                    if budget.waiters:
+                        budget.wake()
 
     async def _read_loop(self, srx: StreamRx, fail: FailStream) -> None:
         life = srx.life
@@ -518,13 +523,16 @@ class Receiver:
                 if not self._absorb(srx, initial, fail):
                     return
                 continue
+            reserved = 0
             if budget is not None:
-                size = budget.read_size(srx.counted, READ_SIZE)
-                if not size:
-                    if not await self._hold(srx, budget, fail):
+                size = self._budgeted_read(srx, budget, fail)
+                if size <= 0:
+                    if size < 0 or not await self._hold(srx, budget, fail):
                         return
                     continue
-                budget.reserved += size
+                if not srx.admitted:
+                    reserved = size
+                    budget.reserved += size
             try:
                 if timeout is None or srx.deadline == math.inf:
                     data = await read(size)
@@ -538,8 +546,8 @@ class Receiver:
                 fail(_errno.EPIPE, f"read failed: {exc!r}", exc, None)
                 return
             finally:
-                if budget is not None:
-                    budget.reserved -= size
+                if reserved and budget is not None:
+                    budget.reserved -= reserved
             if life.phase not in HEALTHY:
                 # Another task failed the stream while this read completed:
                 # its partial message was already reported, and these bytes
@@ -553,6 +561,8 @@ class Receiver:
                 read = receive_some if len(data) == size else wait_read
             if not self._absorb(srx, data, fail):
                 return
+            if budget is not None and budget.waiters:
+                budget.wake()
 
     @staticmethod
     def _timed_out(srx: StreamRx, fail: FailStream) -> None:
@@ -564,42 +574,56 @@ class Receiver:
             None,
         )
 
-    async def _hold(self, srx: StreamRx, budget: Budget, fail: FailStream) -> bool:
-        """The budget is spent: wait for room, or fail if the message cannot fit.
+    @staticmethod
+    def _budgeted_read(srx: StreamRx, budget: Budget, fail: FailStream) -> int:
+        """The size of the stream's next read under the budget; 0: wait; -1: it failed.
 
-        Returns whether the stream is still healthy.  Time held counts
-        against ``assembly_timeout``: a peer the mux holds mid-message still
-        has to finish it in time, so held streams do not stay forever.
+        A stream whose message is admitted reads to the message's end (and
+        ``SMALL`` past it).  A large message not admitted yet is admitted now
+        if it fits; one larger than the whole limit fails (``ENOBUFS``).
+        """
+        assembler = srx.assembler
+        announced = assembler.announced
+        if not srx.admitted and announced > SMALL:
+            if announced > budget.limit:
+                budget.failures += 1
+                fail(
+                    _errno.ENOBUFS,
+                    f"a message of {announced} bytes cannot fit in"
+                    f" receive_memory_limit={budget.limit}",
+                    None,
+                    None,
+                )
+                return -1
+            if not budget.admits(srx.charge, announced):
+                return 0
+            srx.admitted = True
+            budget.charged += announced - srx.charge
+            srx.charge = announced
+        if srx.admitted:
+            return min(READ_SIZE, announced - assembler.partial_size + SMALL)
+        return budget.read_size(srx.charge, READ_SIZE)
+
+    async def _hold(self, srx: StreamRx, budget: Budget, fail: FailStream) -> bool:
+        """No room for the stream's next read: wait until there is.
+
+        A large message waits until its whole length fits; any other read
+        until an eighth of the limit is free.  Returns whether the stream is
+        still healthy.  Time held counts against ``assembly_timeout``: a peer
+        held mid-message still has to finish it in time, so held streams do
+        not stay forever.
         """
         announced = srx.assembler.announced
-        if (
-            announced
-            and budget.queued * 2 < budget.limit
-            and budget.cannot_fit(srx.counted, announced)
-        ):
-            budget.failures += 1
-            fail(
-                _errno.ENOBUFS,
-                f"a message of {announced} bytes cannot fit in receive_memory_limit="
-                f"{budget.limit} beside the {budget.partial - srx.counted} bytes of other"
-                " streams' partial messages",
-                None,
-                None,
-            )
-            return False
-        budget.holds += 1
-        budget.waiting += 1
-        try:
-            if srx.timeout is None or srx.deadline == math.inf:
-                await budget.freed.wait()
-            else:
-                with trio.move_on_at(srx.deadline) as deadline_scope:
-                    await budget.freed.wait()
-                if deadline_scope.cancelled_caught:
-                    self._timed_out(srx, fail)
-                    return False
-        finally:
-            budget.waiting -= 1
+        # A large message: its whole length; anything else: an eighth.
+        need = announced - srx.charge if announced > SMALL else max(SMALL, budget.limit // 8)
+        if srx.timeout is None or srx.deadline == math.inf:
+            await budget.wait(need)
+        else:
+            with trio.move_on_at(srx.deadline) as deadline_scope:
+                await budget.wait(need)
+            if deadline_scope.cancelled_caught:
+                self._timed_out(srx, fail)
+                return False
         return srx.life.phase in HEALTHY
 
     def _absorb(self, srx: StreamRx, data: bytes | bytearray, fail: FailStream) -> bool:
@@ -618,9 +642,7 @@ class Receiver:
             return False
         if budget is not None:
             budget.queued += assembler.bytes - before
-            partial = assembler.partial_size
-            budget.partial += partial - srx.counted
-            srx.counted = partial
+            self._charge(srx, budget, bool(messages))
         timeout = srx.timeout
         if timeout is not None:
             if not assembler.partial_size:
@@ -634,6 +656,26 @@ class Receiver:
             if done < len(messages):
                 srx.held = messages[done:]
         return True
+
+    @staticmethod
+    def _charge(srx: StreamRx, budget: Budget, completed: bool) -> None:
+        """After a read: complete messages are queued; the partial one charged."""
+        assembler = srx.assembler
+        partial = assembler.partial_size
+        if completed or not partial:
+            srx.admitted = False  # a new message began (or none)
+        announced = assembler.announced
+        if not partial:
+            charge = 0
+        elif srx.admitted:
+            charge = announced
+        elif announced > SMALL and budget.admits(srx.charge, announced):
+            srx.admitted = True
+            charge = announced
+        else:
+            charge = partial
+        budget.charged += charge - srx.charge
+        srx.charge = charge
 
     def _count(self, messages: list[bytes], nbytes: int) -> None:
         self.msgs += len(messages)

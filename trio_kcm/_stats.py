@@ -160,14 +160,15 @@ class MuxStatistics:
     #: Events dropped untaken: beyond 1,024 waiting events the oldest go.
     events_dropped: int
     #: Bytes of received data held now, against ``receive_memory_limit``:
-    #: partly assembled messages, and complete ones not taken yet (0 with no
-    #: limit: nothing counts them).
+    #: partly assembled messages (an admitted large message counts its whole
+    #: announced length), and complete ones not taken yet (0 with no limit:
+    #: nothing counts them).
     rx_buffered: int
     #: Readers waiting now for room in ``receive_memory_limit``.
     rx_budget_waiting: int
     #: Times a reader had to wait for room in ``receive_memory_limit``.
     rx_budget_holds: int
-    #: Streams failed because their message could not fit in
+    #: Streams failed because their message was larger than
     #: ``receive_memory_limit`` (``ENOBUFS``).
     rx_budget_failures: int
 
