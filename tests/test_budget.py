@@ -307,3 +307,36 @@ async def test_a_message_larger_than_the_whole_limit_fails_with_enobufs() -> Non
         error = await mux.errors().__anext__()
         assert error.errno == errno.ENOBUFS
         assert "a message of 102404 bytes cannot fit" in str(error)
+
+
+async def test_waiters_wake_smallest_need_first_and_cancelled_ones_leave() -> None:
+    from trio_kcm._budget import Budget
+
+    budget = Budget(64 * 1024)
+    budget.charged = 64 * 1024  # full
+    woke: list[str] = []
+
+    async def waiter(name: str, need: int, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await budget.wait(need)
+            woke.append(name)
+
+    async with trio.open_nursery() as nursery:
+        big = await nursery.start(waiter, "big", 48 * 1024)
+        gone = await nursery.start(waiter, "gone", 1024)
+        await nursery.start(waiter, "small", 8 * 1024)
+        assert budget.waiting == 3
+        gone.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.waiting == 2 and woke == []
+        budget.charged -= 16 * 1024  # 16 KiB free: the small one fits
+        budget.wake()
+        await trio.testing.wait_all_tasks_blocked()
+        assert woke == ["small"] and budget.waiting == 1
+        budget.charged = 0
+        budget.wake()
+        await trio.testing.wait_all_tasks_blocked()
+        assert woke == ["small", "big"] and budget.waiting == 0
+        assert budget.waiters == []
+        assert big.cancelled_caught is False

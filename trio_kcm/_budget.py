@@ -67,6 +67,7 @@ class Budget:
         "queued",
         "reserved",
         "waiters",
+        "waiting",
     )
 
     def __init__(self, limit: int) -> None:
@@ -79,8 +80,11 @@ class Budget:
         self.queued = 0
         #: Bytes the reads in progress may return.
         self.reserved = 0
-        #: Readers waiting for room: (need, order, event), smallest need first.
+        #: Readers waiting for room: (need, order, event), smallest need first;
+        #: a waiter that was cancelled leaves its entry, with its event set.
         self.waiters: list[tuple[int, int, trio.Event]] = []
+        #: How many readers wait now.
+        self.waiting = 0
         self._order = itertools.count()
         #: Times a reader waited for room; streams failed with ENOBUFS.
         self.holds = 0
@@ -115,22 +119,31 @@ class Budget:
 
     async def wait(self, need: int) -> None:
         """Wait until ``need`` more bytes fit (woken smallest need first)."""
+        if not self.waiting and self.waiters:
+            self.waiters.clear()  # cancelled waiters' entries, nobody else
         event = trio.Event()
-        entry = (need, next(self._order), event)
-        heapq.heappush(self.waiters, entry)
+        heapq.heappush(self.waiters, (need, next(self._order), event))
         self.holds += 1
+        self.waiting += 1
         try:
             await event.wait()
         finally:
-            if not event.is_set():  # cancelled: leave the line
-                self.waiters.remove(entry)
-                heapq.heapify(self.waiters)
+            self.waiting -= 1
+            if not event.is_set():
+                # Cancelled: its entry stays, marked (O(1), where removing
+                # it would cost O(n) for each of the n readers a closing
+                # mux cancels); wake() drops it when it comes up.
+                event.set()
 
     def wake(self) -> None:
         """Room may have grown: wake the waiters whose need fits, smallest first."""
         waiters = self.waiters
         room = self.limit - self.charged - self.queued
-        while waiters and waiters[0][0] <= room:
+        while waiters and (waiters[0][0] <= room or waiters[0][2].is_set()):
             need, _, event = heapq.heappop(waiters)
+            if event.is_set():
+                continue  # a cancelled waiter's entry
             event.set()
             room -= need  # so one freed byte wakes one waiter, not all
+        if not self.waiting:
+            waiters.clear()  # only cancelled entries were left

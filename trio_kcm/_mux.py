@@ -565,7 +565,7 @@ class Mux:
             errors_dropped=lifecycle.errors.dropped,
             events_dropped=lifecycle.events.dropped,
             rx_buffered=0 if budget is None else budget.used,
-            rx_budget_waiting=0 if budget is None else len(budget.waiters),
+            rx_budget_waiting=0 if budget is None else budget.waiting,
             rx_budget_holds=0 if budget is None else budget.holds,
             rx_budget_failures=0 if budget is None else budget.failures,
         )

@@ -326,7 +326,7 @@ class Receiver:
         budget = self.budget
         if budget is not None:
             budget.queued -= nbytes
-            if budget.waiters:
+            if budget.waiting:
                 budget.wake()
         try:
             self.policy.socket_drained(rx.sock, nbytes)
@@ -494,7 +494,7 @@ class Receiver:
                 if budget is not None and srx.charge:
                     budget.charged -= srx.charge
                     srx.charge = 0
-                    if budget.waiters:
+                    if budget.waiting:
                         budget.wake()
 
     async def _read_loop(self, srx: StreamRx, fail: FailStream) -> None:
@@ -561,7 +561,7 @@ class Receiver:
                 read = receive_some if len(data) == size else wait_read
             if not self._absorb(srx, data, fail):
                 return
-            if budget is not None and budget.waiters:
+            if budget is not None and budget.waiting:
                 budget.wake()
 
     @staticmethod
