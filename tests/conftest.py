@@ -7,7 +7,10 @@ by the code under test.
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
 import struct
+import subprocess
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -161,6 +164,23 @@ class HeldStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+def run_json_program(command: list[str], out: pathlib.Path) -> tuple[str, dict[str, Any]]:
+    """Run a benchmark script with ``--json out``; return its stdout and the report.
+
+    It must exit with 0 within two minutes.
+    """
+    proc = subprocess.run(
+        [*command, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report: dict[str, Any] = json.loads(out.read_text())
+    return proc.stdout, report
 
 
 @pytest.fixture

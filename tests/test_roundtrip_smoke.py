@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import run_json_program
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "benchmarks" / "roundtrip.py"
@@ -19,16 +19,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, object
         pytest.skip("the benchmarks/ folder is not in this tree")
     out = tmp_path_factory.mktemp("roundtrip") / "roundtrip.json"
     command = [sys.executable, str(PROGRAM), "--rounds", "50", "--warmup", "5", "--trace", "1"]
-    proc = subprocess.run(
-        [*command, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report: dict[str, object] = json.loads(out.read_text())
-    return proc.stdout, report
+    return run_json_program(command, out)
 
 
 def test_both_clients_are_printed(run: tuple[str, dict[str, object]]) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .conftest import run_json_program
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "benchmarks" / "scale.py"
@@ -37,16 +37,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
         "--batch",
         "100",
     ]
-    proc = subprocess.run(
-        [*command, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report: dict[str, Any] = json.loads(out.read_text())
-    return proc.stdout, report
+    return run_json_program(command, out)
 
 
 def test_every_phase_is_printed(run: tuple[str, dict[str, Any]]) -> None:
