@@ -5,39 +5,44 @@ TCP receive queue, bounded by ``SO_RCVBUF`` per connection and by the
 system's TCP memory limits across them.  A mux assembles messages in Python
 memory, so it bounds them itself, across all its streams.
 
-What counts against the limit (*load*):
+The limit is split in two.  Three quarters (*hold*) are for what the mux
+holds:
 
 * each stream's *charge*: for a message whose header announced a length
   above ``SMALL`` and which was *admitted*, that whole length, paid in
   advance; otherwise the bytes it holds of its partial message;
 * complete messages the application has not taken yet (waiting on their
-  stream, in the hold queue, in sockets' queues);
-* reads in progress, which reserve the bytes they may return, so that reads
-  started together cannot overshoot together.
+  stream, in the hold queue, in sockets' queues).
+
+The last quarter (*reads*) is for reads in progress: each reserves the bytes
+it may return, so that reads started together cannot overshoot together --
+and an idle stream's reader, which reserves its next read while it waits,
+cannot keep large messages out of the hold.
 
 The rules:
 
 1. *Admission.*  A message announced above ``SMALL`` bytes is admitted when
-   its whole length fits beside the load; an admitted message is read to its
-   end at full speed, since it is paid for, and so it always finishes.  One
-   that does not fit waits at its header, its stream not read (TCP's window
-   then pushes back on the peer), until it does: streams with large messages
-   take turns, and none fails for want of room -- except a message larger
-   than the limit itself, which never could fit: ``ENOBUFS``.
-2. *Reading otherwise* (small or unknown-length messages, boundaries): below
-   the limit a read asks for up to ``READ_SIZE`` bytes, no more than the room
-   left (at least ``SMALL``).  At the limit, if complete messages fill half
-   of it the application is behind, and every such reader waits for room;
-   otherwise a stream holding ``SMALL`` bytes or more of an unknown-length
-   message waits, and the others read ``SMALL`` bytes at a time, so small
-   messages keep flowing past admitted and waiting large ones.
+   its whole length fits in the hold beside what is there; an admitted
+   message is read to its end at full speed, since it is paid for, and so it
+   always finishes.  One that does not fit waits at its header, its stream
+   not read (TCP's window then pushes back on the peer), until it does:
+   streams with large messages take turns, and none fails for want of room
+   -- except a message larger than the hold itself, which never could fit:
+   ``ENOBUFS``.
+2. *Reading otherwise* (small or unknown-length messages, boundaries): while
+   the hold is not full a read asks for up to ``READ_SIZE`` bytes, no more
+   than what is left of the reads' quarter (at least ``SMALL``).  Once it is
+   full, if complete messages fill half of it the application is behind, and
+   every such reader waits for room; otherwise a stream holding ``SMALL``
+   bytes or more of an unknown-length message waits, and the others read
+   ``SMALL`` bytes at a time, so small messages keep flowing past admitted
+   and waiting large ones.
 
 Waiting readers are woken smallest need first (a heap), each once its need
-fits.  So what the mux holds stays below the limit plus the reads in
-progress -- together at most the limit again, since each read is sized by
-the room left, and ``SMALL`` per stream once none is left -- plus under
-``SMALL`` of partial message per stream (and each assembler's own
-overhead), whatever the peers send.
+fits.  So what the mux holds stays below the limit, plus ``SMALL`` per
+stream for a read once the reads' quarter is spent, plus under ``SMALL`` of
+partial message per stream (and each buffer's own overhead), whatever the
+peers send.
 """
 
 from __future__ import annotations
@@ -62,9 +67,11 @@ class Budget:
         "_order",
         "charged",
         "failures",
+        "hold",
         "holds",
         "limit",
         "queued",
+        "reads",
         "reserved",
         "waiters",
         "waiting",
@@ -74,6 +81,9 @@ class Budget:
         if limit < 2 * SMALL:
             raise ValueError(f"receive_memory_limit must be >= {2 * SMALL}")
         self.limit = limit
+        #: The quarter for reads in progress, and the rest, for what is held.
+        self.reads = limit // 4
+        self.hold = limit - self.reads
         #: The streams' charges: admitted lengths, or the partial bytes held.
         self.charged = 0
         #: Bytes of complete messages the application has not taken.
@@ -96,24 +106,19 @@ class Budget:
         return self.charged + self.queued
 
     def room(self) -> int:
-        """Bytes a new read or admission may take now."""
-        return self.limit - self.charged - self.queued - self.reserved
+        """Bytes the hold may take now."""
+        return self.hold - self.charged - self.queued
 
     def admits(self, charge: int, announced: int) -> bool:
-        """Whether a message of ``announced`` bytes fits, its stream's ``charge`` aside.
-
-        Reads in progress are not counted: an idle stream's reader reserves
-        its next read while it waits, and with many idle streams those
-        reservations would keep every large message out.
-        """
-        return announced - charge <= self.limit - self.charged - self.queued
+        """Whether a message of ``announced`` bytes fits, its stream's ``charge`` aside."""
+        return announced - charge <= self.room()
 
     def read_size(self, charge: int, max_read: int) -> int:
         """How much a stream charged ``charge`` (no admitted message) may read; 0: wait."""
-        room = self.room()
-        if self.charged + self.queued < self.limit:
-            return max_read if room >= max_read else max(SMALL, room)
-        if self.queued * 2 >= self.limit or charge >= SMALL:
+        if self.charged + self.queued < self.hold:
+            pool = self.reads - self.reserved
+            return max_read if pool >= max_read else max(SMALL, pool)
+        if self.queued * 2 >= self.hold or charge >= SMALL:
             return 0
         return SMALL
 
@@ -138,7 +143,7 @@ class Budget:
     def wake(self) -> None:
         """Room may have grown: wake the waiters whose need fits, smallest first."""
         waiters = self.waiters
-        room = self.limit - self.charged - self.queued
+        room = self.room()
         while waiters and (waiters[0][0] <= room or waiters[0][2].is_set()):
             need, _, event = heapq.heappop(waiters)
             if event.is_set():

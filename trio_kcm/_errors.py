@@ -50,8 +50,9 @@ class StreamError(OSError):
     EMSGSIZE   a message was announced larger than ``max_message_size``
     ETIMEDOUT  a message took longer than ``assembly_timeout`` to arrive
                (time held back by ``receive_memory_limit`` included)
-    ENOBUFS    a message's announced length is larger than the mux's
-               ``receive_memory_limit``: it could never be held
+    ENOBUFS    a message's announced length is larger than the three
+               quarters of ``receive_memory_limit`` that messages may
+               hold: it could never be held
     ========== ==============================================================
 
     Attributes:

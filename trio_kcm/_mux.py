@@ -700,11 +700,12 @@ async def open_mux(
         application has not taken.  A large message is read once its whole
         announced length fits, and waits at its header until then (its
         stream is not read: TCP's window pushes back on the peer); at the
-        limit streams with small messages go on, 4 KiB at a time.  A
-        message larger than the limit itself can never fit and fails its
-        stream (``ENOBUFS``), whatever ``max_message_size`` allows.  See
-        ``docs/reliability.md``.  64 MiB by default; at least 8 KiB;
-        ``None`` for no limit.
+        limit streams with small messages go on, 4 KiB at a time.
+        Messages may hold three quarters of the limit, reads in progress the
+        rest; a message larger than those three quarters can never fit and
+        fails its stream (``ENOBUFS``), whatever ``max_message_size``
+        allows.  See ``docs/reliability.md``.  64 MiB by default; at least
+        8 KiB; ``None`` for no limit.
 
     On a normal exit it closes every socket (tasks waiting in them get
     :exc:`trio.ClosedResourceError`), waits up to ``close_timeout`` for the

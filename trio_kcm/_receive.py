@@ -580,17 +580,19 @@ class Receiver:
 
         A stream whose message is admitted reads to the message's end (and
         ``SMALL`` past it).  A large message not admitted yet is admitted now
-        if it fits; one larger than the whole limit fails (``ENOBUFS``).
+        if it fits; one larger than the whole hold (three quarters of the
+        limit) fails (``ENOBUFS``).
         """
         assembler = srx.assembler
         announced = assembler.announced
         if not srx.admitted and announced > SMALL:
-            if announced > budget.limit:
+            if announced > budget.hold:
                 budget.failures += 1
                 fail(
                     _errno.ENOBUFS,
                     f"a message of {announced} bytes cannot fit in"
-                    f" receive_memory_limit={budget.limit}",
+                    f" receive_memory_limit={budget.limit} (messages may hold"
+                    f" {budget.hold} bytes of it)",
                     None,
                     None,
                 )
@@ -615,7 +617,7 @@ class Receiver:
         """
         announced = srx.assembler.announced
         # A large message: its whole length; anything else: an eighth.
-        need = announced - srx.charge if announced > SMALL else max(SMALL, budget.limit // 8)
+        need = announced - srx.charge if announced > SMALL else max(SMALL, budget.hold // 8)
         if srx.timeout is None or srx.deadline == math.inf:
             await budget.wait(need)
         else:

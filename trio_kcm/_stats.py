@@ -168,8 +168,8 @@ class MuxStatistics:
     rx_budget_waiting: int
     #: Times a reader had to wait for room in ``receive_memory_limit``.
     rx_budget_holds: int
-    #: Streams failed because their message was larger than
-    #: ``receive_memory_limit`` (``ENOBUFS``).
+    #: Streams failed because their message was larger than what
+    #: ``receive_memory_limit`` lets messages hold (``ENOBUFS``).
     rx_budget_failures: int
 
 
