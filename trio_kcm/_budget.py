@@ -109,9 +109,26 @@ class Budget:
         """Bytes the hold may take now."""
         return self.hold - self.charged - self.queued
 
-    def admits(self, charge: int, announced: int) -> bool:
-        """Whether a message of ``announced`` bytes fits, its stream's ``charge`` aside."""
-        return announced - charge <= self.room()
+    def admit(self, charge: int, announced: int) -> bool:
+        """Admit a message of ``announced`` bytes if it fits, its stream's ``charge`` aside.
+
+        Admitted, the stream's charge becomes ``announced`` (counted here);
+        returns whether it was.
+        """
+        if announced - charge > self.room():
+            return False
+        self.charged += announced - charge
+        return True
+
+    def recharge(self, old: int, new: int) -> None:
+        """A stream's charge went from ``old`` to ``new`` bytes."""
+        self.charged += new - old
+
+    def release(self, charge: int) -> None:
+        """A stream left with ``charge`` bytes charged: they are free again."""
+        self.charged -= charge
+        if self.waiting:
+            self.wake()
 
     def read_size(self, charge: int, max_read: int) -> int:
         """How much a stream charged ``charge`` (no admitted message) may read; 0: wait."""

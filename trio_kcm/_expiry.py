@@ -68,9 +68,6 @@ class Expiry:
             if self._sleep is not None:
                 self._sleep.deadline = math.inf
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     async def run(self, withdraw: Callable[[Sequence[TxGroup]], None]) -> None:
         """Hand each batch of due groups to ``withdraw``, until :meth:`stop`."""
         heap = self._heap

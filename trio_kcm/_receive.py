@@ -490,12 +490,9 @@ class Receiver:
             try:
                 await self._read_loop(srx, fail)
             finally:
-                budget = self.budget
-                if budget is not None and srx.charge:
-                    budget.charged -= srx.charge
+                if self.budget is not None and srx.charge:
+                    self.budget.release(srx.charge)
                     srx.charge = 0
-                    if budget.waiting:
-                        budget.wake()
 
     async def _read_loop(self, srx: StreamRx, fail: FailStream) -> None:
         life = srx.life
@@ -597,10 +594,9 @@ class Receiver:
                     None,
                 )
                 return -1
-            if not budget.admits(srx.charge, announced):
+            if not budget.admit(srx.charge, announced):
                 return 0
             srx.admitted = True
-            budget.charged += announced - srx.charge
             srx.charge = announced
         if srx.admitted:
             return min(READ_SIZE, announced - assembler.partial_size + SMALL)
@@ -618,33 +614,26 @@ class Receiver:
         announced = srx.assembler.announced
         # A large message: its whole length; anything else: an eighth.
         need = announced - srx.charge if announced > SMALL else max(SMALL, budget.hold // 8)
-        if srx.timeout is None or srx.deadline == math.inf:
+        with trio.move_on_at(srx.deadline) as deadline_scope:  # inf: no assembly_timeout
             await budget.wait(need)
-        else:
-            with trio.move_on_at(srx.deadline) as deadline_scope:
-                await budget.wait(need)
-            if deadline_scope.cancelled_caught:
-                self._timed_out(srx, fail)
-                return False
+        if deadline_scope.cancelled_caught:
+            self._timed_out(srx, fail)
+            return False
         return srx.life.phase in HEALTHY
 
     def _absorb(self, srx: StreamRx, data: bytes | bytearray, fail: FailStream) -> bool:
         """Parse what was read and steer the whole messages; False: the stream failed."""
         assembler = srx.assembler
         before = assembler.bytes
-        budget = self.budget
         try:
             messages = assembler.feed(data)
         except AssemblyError as exc:
             self._count(exc.messages, assembler.bytes - before)
-            if budget is not None:
-                budget.queued += assembler.bytes - before
             srx.held.extend(exc.messages)
             fail(exc.errno, str(exc), exc.__cause__, exc.partial)
             return False
-        if budget is not None:
-            budget.queued += assembler.bytes - before
-            self._charge(srx, budget, bool(messages))
+        if self.budget is not None:
+            self._charge(srx, self.budget, bool(messages))
         timeout = srx.timeout
         if timeout is not None:
             if not assembler.partial_size:
@@ -661,27 +650,26 @@ class Receiver:
 
     @staticmethod
     def _charge(srx: StreamRx, budget: Budget, completed: bool) -> None:
-        """After a read: complete messages are queued; the partial one charged."""
+        """After a read: the partial message is charged (admission is the reader's)."""
         assembler = srx.assembler
         partial = assembler.partial_size
         if completed or not partial:
             srx.admitted = False  # a new message began (or none)
-        announced = assembler.announced
         if not partial:
             charge = 0
         elif srx.admitted:
-            charge = announced
-        elif announced > SMALL and budget.admits(srx.charge, announced):
-            srx.admitted = True
-            charge = announced
+            charge = assembler.announced
         else:
             charge = partial
-        budget.charged += charge - srx.charge
+        budget.recharge(srx.charge, charge)
         srx.charge = charge
 
     def _count(self, messages: list[bytes], nbytes: int) -> None:
+        """Messages assembled: counted, and held against the budget until taken."""
         self.msgs += len(messages)
         self.bytes += nbytes
+        if self.budget is not None:
+            self.budget.queued += nbytes
 
     async def _pause(self, srx: StreamRx) -> None:
         """No socket has room: stop reading until one has (TCP backpressure)."""

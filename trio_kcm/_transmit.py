@@ -140,7 +140,7 @@ class Transmitter(StreamsLeaving):
     def open_socket(
         self, sock: KCMSocket, limit: int, ttl: float | None = None, at_deadline: bool = False
     ) -> SocketTx:
-        """A new socket's transmit side (``ttl``, ``at_deadline``: see :meth:`expire`)."""
+        """A new socket's transmit side (``ttl``, ``at_deadline``: see :meth:`stale_able`)."""
         tx = SocketTx(sock, limit, ttl, at_deadline)
         self.sockets[tx] = None
         return tx
@@ -389,7 +389,7 @@ class Transmitter(StreamsLeaving):
         batch: Batch | None,
         deadline: float | None = None,
     ) -> None:
-        """Accept a group (into ``batch`` if there is one); ``deadline``: see :meth:`expire`."""
+        """Accept a group (into ``batch`` if there is one); ``deadline``: see :meth:`stale_able`."""
         self._count_accepted(tx, len(messages), nbytes)
         if batch is not None:
             batch.messages.extend(messages)
