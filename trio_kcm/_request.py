@@ -31,7 +31,6 @@ import outcome
 import trio
 
 from ._socket import withdraw_unwritten
-from ._stream import life_of
 
 if TYPE_CHECKING:
     from ._lifecycle import Lifecycle
@@ -343,11 +342,10 @@ class Requester:
         its reply dropped when it comes.
         """
         self._forget(call)
-        if withdraw_unwritten(self._sock, handle, call.message):
-            self._withdrawn += 1
+        withdrawn = withdraw_unwritten(self._sock, handle, call.message)
+        self._withdrawn += withdrawn
+        if withdrawn or isinstance(line, dict):
             self._leave(line, call)
-        elif isinstance(line, dict):
-            line.pop(call, None)
         else:
             call.abandoned = True  # keeps its place: its reply comes in order
 
@@ -361,16 +359,16 @@ class Requester:
 
     # -- replies -----------------------------------------------------------------
 
-    async def receive_loop(self) -> None:
+    async def _receive_loop(self) -> None:
         """Take replies and settle their calls until the socket closes."""
         sock = self._sock
         try:
             while True:
-                self.settle_replies(await sock.receive_many_from(_TAKE))
+                self._settle_replies(await sock.receive_many_from(_TAKE))
         except trio.ClosedResourceError:
-            self.close()
+            self._close()
 
-    def settle_replies(self, replies: list[tuple[bytes, AttachedStream]]) -> None:
+    def _settle_replies(self, replies: list[tuple[bytes, AttachedStream]]) -> None:
         """Hand each reply to the call that waits for it, or drop it."""
         key = self._key
         for reply, handle in replies:
@@ -403,7 +401,7 @@ class Requester:
                 replies = self._sock.receive_many_from_nowait(_TAKE)
             except (trio.WouldBlock, trio.ClosedResourceError):
                 return
-            self.settle_replies(replies)
+            self._settle_replies(replies)
 
     # -- streams ending ----------------------------------------------------------
 
@@ -414,7 +412,7 @@ class Requester:
         self._take_delivered()
         if self._lines.get(handle) is line:
             del self._lines[handle]
-        error = life_of(handle).error
+        error = self._lifecycle.error_of(handle)
         calls = list(line)
         # A stream writes its queue in order: the requests it never started
         # are the last ones, listed (the same objects) in error.unsent.
@@ -445,7 +443,7 @@ class Requester:
 
     # -- closing -----------------------------------------------------------------
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Fail every waiting call with ClosedResourceError; no new calls."""
         if self._closed:
             return
@@ -474,11 +472,11 @@ async def open_requester(
             requester = Requester(
                 sock, transmit, lifecycle, nursery, key=key, request_key=request_key
             )
-            nursery.start_soon(requester.receive_loop)
+            nursery.start_soon(requester._receive_loop)
             try:
                 yield requester
             finally:
-                requester.close()
+                requester._close()
                 nursery.cancel_scope.cancel()
     finally:
         await sock.aclose()

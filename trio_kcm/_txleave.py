@@ -120,6 +120,8 @@ class StreamsLeaving:
                 self._wake_senders(tx)
             for flush in tx.flushes:
                 flush.resolved(group)
+        if groups and self.progress is not None:
+            self.progress.set()  # closing's drain looks again
 
     def leave(self, stx: StreamTx) -> None:
         """The stream is being unattached: what the policy queued there goes elsewhere.
@@ -229,8 +231,6 @@ class StreamsLeaving:
             group.sock.expired += n
             self.expired += n
         self._give_up(withdrawn)
-        if self.progress is not None:
-            self.progress.set()
 
     def _withdraw(self, tx: SocketTx, stx: StreamTx, message: bytes) -> bool:
         """Take back ``message`` (this object), sent alone by ``tx`` to ``stx``, if unwritten.
@@ -242,8 +242,6 @@ class StreamsLeaving:
             if group.sock is tx and len(group.messages) == 1 and group.messages[0] is message:
                 self._remove_pending(stx, [group])
                 self._give_up([group])
-                if self.progress is not None:
-                    self.progress.set()
                 return True
         return False
 
