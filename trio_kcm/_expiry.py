@@ -39,7 +39,7 @@ __all__ = ["Expiry"]
 class Expiry:
     """A heap of (expires, order, group), and the task that sleeps until the first."""
 
-    __slots__ = ("_heap", "_order", "_sleep", "_stop", "live", "started")
+    __slots__ = ("_heap", "_order", "_sleep", "_started", "_stop", "live")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, Stale]] = []
@@ -49,7 +49,7 @@ class Expiry:
         #: The task's sleep: its deadline is the earliest expiry.
         self._sleep: trio.CancelScope | None = None
         self._stop = trio.CancelScope()
-        self.started = False
+        self._started = False
 
     def add(self, group: Stale) -> None:
         """``group`` goes stale at ``group.expires`` if it is still unwritten then."""
@@ -67,6 +67,12 @@ class Expiry:
             self._heap.clear()
             if self._sleep is not None:
                 self._sleep.deadline = math.inf
+
+    def start(self, nursery: trio.Nursery, withdraw: Callable[[Sequence[TxGroup]], None]) -> None:
+        """Start the task in ``nursery``, unless it runs already (see :meth:`run`)."""
+        if not self._started:
+            self._started = True
+            nursery.start_soon(self.run, withdraw)
 
     async def run(self, withdraw: Callable[[Sequence[TxGroup]], None]) -> None:
         """Hand each batch of due groups to ``withdraw``, until :meth:`stop`."""

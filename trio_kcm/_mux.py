@@ -200,12 +200,10 @@ class Mux:
             raise ValueError("buffer sizes must be >= 1")
         if time_to_live is not None and not time_to_live > 0:
             raise ValueError("time_to_live must be > 0 (or None)")
-        expiry = self._transmit.expiry
-        if (time_to_live is not None or expire_at_deadline) and not expiry.started:
-            # The first socket whose messages go stale: the task that withdraws them.
+        if time_to_live is not None or expire_at_deadline:
+            # The first socket whose messages go stale starts the task that withdraws them.
             assert self._lifecycle.nursery is not None
-            self._lifecycle.nursery.start_soon(expiry.run, self._transmit.withdraw_late)
-            expiry.started = True
+            self._transmit.expiry.start(self._lifecycle.nursery, self._transmit.withdraw_late)
         sock = KCMSocket(
             self,
             lowest_free(self._socket_indices),
